@@ -1,0 +1,1 @@
+"""The sans-I/O call core: events in, commands out; no sockets, no greenlets, no clock of its own."""
