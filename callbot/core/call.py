@@ -1,0 +1,339 @@
+"""The call core: every decision about one call, as events in and commands out.
+
+``CallCore.handle(event, now)`` returns the commands the adapters must perform, in order;
+``CallCore.next_deadline`` says when to call ``handle(Tick(), now)`` if nothing else happens.
+No sockets, no greenlets, no clock of its own: ``now`` is the caller's monotonic time.
+
+Lifecycle: CallStarted -> pick the persona, answer (unless answered), open the model session
+*at the same time* -> answered: start the media stream -> model connected: session.update,
+uplink on, greeting -> ... -> hangup from either side -> close the model, release the stream,
+wait for CHANNEL_HANGUP_COMPLETE (bounded) -> WriteRecord, EndCall.
+The conversation itself (responses, audio, barge-in) is :mod:`callbot.core.conversation`.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..audio.downlink import Downlink
+from ..records import CallRecord
+from . import events as ev
+from .barge_in import BargeIn
+from .chunking import ChunkPolicy
+from .commands import (Command, CloseModel, ConnectModel, EndCall, EslExecute, EslHangup, SendModel, SetUplink,
+                       StartMediaStream, StopMediaStream, WriteRecord)
+from .conversation import Conversation
+from .playout import FilePlayout
+from .routing import select_persona
+from .session_config import greeting_response, session_update
+
+if TYPE_CHECKING:
+    from ..config import AppConfig
+    from ..persona import Persona
+
+log = logging.getLogger(__name__)
+
+SETUP, ACTIVE, ENDING, ENDED = "setup", "active", "ending", "ended"
+HANGUP_CONFIRM_S = 5.0
+"""How long to wait for FreeSWITCH to confirm a hangup callbot asked for."""
+HANGUP_COMPLETE_S = 2.0
+"""How long to wait for CHANNEL_HANGUP_COMPLETE after CHANNEL_HANGUP (it carries the final cause)."""
+MODEL_FAILURE_CAUSE = "NORMAL_TEMPORARY_FAILURE"
+MEDIA_FAILURE_CAUSE = "NORMAL_TEMPORARY_FAILURE"
+NO_PERSONA_CAUSE = "UNALLOCATED_NUMBER"
+
+
+class CallCore:
+    """The decisions of one call. Construct per call; feed it events."""
+
+    def __init__(self, config: AppConfig, now: float, *, chunk_policy: ChunkPolicy | None = None) -> None:
+        self.config = config
+        self.t0 = now
+        self.phase = SETUP
+        self.info: ev.CallInfo | None = None
+        self.persona: Persona | None = None
+        self.record = CallRecord(call_uuid="")
+        self.conversation: Conversation | None = None
+        self._chunk_policy = chunk_policy
+        self._answer_uuid: str | None = None
+        self._answered = False
+        self._media_started = False
+        self._media_restarts = 0
+        self._model_open = False
+        self._channel_gone = False
+        self._end_by: float | None = None
+        self._handlers: dict[type, Callable[[Any, float], list[Command]]] = {
+            ev.CallStarted: self._on_call_started,
+            ev.ChannelAnswered: self._on_answered,
+            ev.ExecuteStarted: self._on_execute_started,
+            ev.ExecuteCompleted: self._on_execute_completed,
+            ev.ChannelHangup: self._on_hangup,
+            ev.ChannelHangupComplete: self._on_hangup_complete,
+            ev.EslClosed: self._on_esl_closed,
+            ev.Dtmf: self._on_dtmf,
+            ev.ApiReply: self._on_api_reply,
+            ev.StreamConnected: self._on_stream_connected,
+            ev.StreamDisconnected: self._on_stream_failed,
+            ev.StreamError: self._on_stream_failed,
+            ev.PlayReady: self._on_play_ready,
+            ev.MediaConnected: self._on_media_connected,
+            ev.MediaClosed: self._on_media_closed,
+            ev.ModelConnected: self._on_model_connected,
+            ev.ModelConnectFailed: self._on_model_connect_failed,
+            ev.ModelClosed: self._on_model_closed,
+            ev.ModelEvent: self._on_model_event,
+            ev.Tick: self._on_tick,
+            ev.HangupRequested: self._on_hangup_requested,
+        }
+
+    # --- the contract ----------------------------------------------------------------------
+
+    def handle(self, event: ev.Event, now: float) -> list[Command]:
+        """Take one event; return the commands to perform, in order."""
+        if self.phase == ENDED:
+            return []
+        return self._handlers[type(event)](event, now)
+
+    @property
+    def next_deadline(self) -> float | None:
+        """The monotonic time at which ``Tick`` must be delivered, or None."""
+        deadlines = [self._end_by]
+        if self.conversation is not None and self.phase == ACTIVE:
+            deadlines.append(self.conversation.next_deadline)
+        present = [d for d in deadlines if d is not None]
+        return min(present) if present else None
+
+    @property
+    def ended(self) -> bool:
+        return self.phase == ENDED
+
+    # --- call setup ------------------------------------------------------------------------
+
+    def _on_call_started(self, event: ev.CallStarted, now: float) -> list[Command]:
+        info = self.info = event.info
+        self.record.call_uuid, self.record.caller, self.record.destination = info.uuid, info.caller, info.destination
+        decision = select_persona(info.variables, info.destination, self.config.routing, self.config.personas)
+        self._add(now, "call.started", channel=info.channel_name, answered=info.answered, codec=info.read_codec,
+                  rate=info.read_rate)
+        if decision.persona is None:
+            log.warning("call %s to %s: no persona (%s): hanging up", info.uuid, info.destination, decision.note)
+            return self._begin_end(now, "bot", NO_PERSONA_CAUSE, "no persona", hangup=True)
+        persona = self.persona = decision.persona
+        self.record.persona, self.record.route = persona.name, decision.rule
+        log.info("call %s from %s to %s: persona %s (%s)", info.uuid, info.caller, info.destination,
+                 persona.name, decision.rule)
+        self.conversation = self._new_conversation(persona, info.uuid, now)
+        self.phase = ACTIVE
+        cmds: list[Command] = [ConnectModel()]
+        if info.answered:
+            self._answered = True
+            cmds += self._start_media(now)
+        else:
+            self._answer_uuid = f"callbot-{info.uuid[:8]}-answer"
+            cmds.append(EslExecute("answer", app_uuid=self._answer_uuid))
+        return cmds
+
+    def _new_conversation(self, persona: Persona, uuid: str, now: float) -> Conversation:
+        fmt = self.config.realtime.audio_format
+        downlink = Downlink(fmt, self.config.media.rate)
+        playout = FilePlayout(uuid, downlink.play_rate, self._chunk_policy)
+        turn = session_update(persona, fmt)["session"]["audio"]["input"].get("turn_detection")
+        server_cancels = bool(turn) and turn.get("interrupt_response", True) is not False
+        barge_in = BargeIn(persona.barge_in, persona.min_interrupt_ms, server_cancels)
+        return Conversation(playout, downlink, barge_in, self.record, self.t0, self._on_model_fatal)
+
+    def _on_answered(self, event: ev.ChannelAnswered, now: float) -> list[Command]:
+        if self._answered or self.phase != ACTIVE:
+            return []
+        self._answered = True
+        self._add(now, "call.answered")
+        return self._start_media(now)
+
+    def _start_media(self, now: float) -> list[Command]:
+        if self._media_started:
+            return []
+        self._media_started = True
+        return [StartMediaStream(self.config.media.rate)]
+
+    def _on_execute_started(self, event: ev.ExecuteStarted, now: float) -> list[Command]:
+        conv = self.conversation
+        if conv is not None and conv.playout.on_execute_started(event.app_uuid, now):
+            self._first(now, "bot.first_playback")
+        return []
+
+    def _on_execute_completed(self, event: ev.ExecuteCompleted, now: float) -> list[Command]:
+        if event.app_uuid and event.app_uuid == self._answer_uuid:
+            return self._on_answered(ev.ChannelAnswered(), now)
+        if self.conversation is not None:
+            self.conversation.playout.on_execute_completed(event.app_uuid, event.playback_ms, now)
+        return []
+
+    def _on_dtmf(self, event: ev.Dtmf, now: float) -> list[Command]:
+        self._add(now, "dtmf", digit=event.digit, duration_ms=event.duration_ms)
+        return []
+
+    # --- media stream ----------------------------------------------------------------------
+
+    def _on_api_reply(self, event: ev.ApiReply, now: float) -> list[Command]:
+        if event.tag != "media.start" or self.phase != ACTIVE:
+            return []
+        self._add(now, "media.start_reply", ok=event.ok, reply=event.text.strip()[:120])
+        if event.ok:
+            return []
+        log.error("call %s: uuid_audio_stream start failed: %s", self._uuid, event.text.strip())
+        return self._begin_end(now, "bot", MEDIA_FAILURE_CAUSE, "media stream failed to start", hangup=True)
+
+    def _on_stream_connected(self, event: ev.StreamConnected, now: float) -> list[Command]:
+        self._add(now, "media.stream_connected")
+        return []
+
+    def _on_stream_failed(self, event: ev.StreamError | ev.StreamDisconnected, now: float) -> list[Command]:
+        if self.phase != ACTIVE:
+            return []
+        detail = event.message if isinstance(event, ev.StreamError) else event.reason
+        self._add(now, "media.stream_failed", code=event.code, detail=detail)
+        if self._media_restarts == 0:
+            self._media_restarts += 1
+            log.warning("call %s: media stream failed (%s %s): restarting it once", self._uuid, event.code, detail)
+            cmds: list[Command] = []
+            if self.conversation is not None:
+                cmds += self.conversation.playout.set_ready(False, now)
+            return cmds + [StopMediaStream(send_api=True), StartMediaStream(self.config.media.rate)]
+        log.error("call %s: media stream failed again (%s %s): hanging up", self._uuid, event.code, detail)
+        return self._begin_end(now, "bot", MEDIA_FAILURE_CAUSE, "media stream failed", hangup=True)
+
+    def _on_media_connected(self, event: ev.MediaConnected, now: float) -> list[Command]:
+        self._first(now, "media.connected")
+        if self.conversation is None or self.phase != ACTIVE:
+            return []
+        return self.conversation.playout.set_ready(True, now)
+
+    def _on_media_closed(self, event: ev.MediaClosed, now: float) -> list[Command]:
+        if self.conversation is None or self.phase != ACTIVE:
+            return []
+        self._add(now, "media.closed", reason=event.reason)
+        return self.conversation.playout.set_ready(False, now)
+
+    def _on_play_ready(self, event: ev.PlayReady, now: float) -> list[Command]:
+        if self.conversation is None or self.phase != ACTIVE:
+            return []
+        return self.conversation.playout.on_play_ready(event.file, event.data, now)
+
+    # --- the model -------------------------------------------------------------------------
+
+    def _on_model_connected(self, event: ev.ModelConnected, now: float) -> list[Command]:
+        if self.phase != ACTIVE or self.persona is None:
+            return [CloseModel(1000, "call over")]
+        self._model_open = True
+        self._add(now, "model.connected")
+        cmds: list[Command] = [SendModel(session_update(self.persona, self.config.realtime.audio_format)),
+                               SetUplink(True)]
+        if self.persona.greeting:
+            cmds.append(SendModel(greeting_response(self.persona)))
+            self._add(now, "greeting.requested")
+        return cmds
+
+    def _on_model_connect_failed(self, event: ev.ModelConnectFailed, now: float) -> list[Command]:
+        self._add(now, "model.connect_failed", status=event.status, reason=event.reason)
+        if self.phase != ACTIVE:
+            return []
+        log.error("call %s: model connection failed (%s): %s", self._uuid, event.status, event.reason)
+        return self._begin_end(now, "bot", MODEL_FAILURE_CAUSE, "model unavailable", hangup=True)
+
+    def _on_model_closed(self, event: ev.ModelClosed, now: float) -> list[Command]:
+        was_open, self._model_open = self._model_open, False
+        self._add(now, "model.closed", code=event.code, reason=event.reason)
+        if self.phase != ACTIVE or not was_open:
+            return []
+        log.error("call %s: model session lost (%s %s): hanging up", self._uuid, event.code, event.reason)
+        return self._on_model_fatal(f"model session lost ({event.code})", now)
+
+    def _on_model_fatal(self, reason: str, now: float) -> list[Command]:
+        cmds = self.conversation.stop_audio(now) if self.conversation is not None else []
+        return cmds + self._begin_end(now, "bot", MODEL_FAILURE_CAUSE, reason, hangup=True)
+
+    def _on_model_event(self, event: ev.ModelEvent, now: float) -> list[Command]:
+        if self.conversation is None or self.phase != ACTIVE:
+            return []
+        return self.conversation.on_model_event(event.data, now)
+
+    # --- time ------------------------------------------------------------------------------
+
+    def _on_tick(self, event: ev.Tick, now: float) -> list[Command]:
+        if self._end_by is not None and now >= self._end_by:
+            if self.phase == ACTIVE:  # FreeSWITCH never confirmed our hangup
+                return self._finish(now, "hangup not confirmed")
+            return self._finish(now, self.record.end_reason or "ended")
+        if self.phase == ACTIVE and self.conversation is not None:
+            return self.conversation.on_tick(now)
+        return []
+
+    # --- ending ----------------------------------------------------------------------------
+
+    def _on_hangup_requested(self, event: ev.HangupRequested, now: float) -> list[Command]:
+        return self._begin_end(now, "system", event.cause, event.reason, hangup=True)
+
+    def _on_hangup(self, event: ev.ChannelHangup, now: float) -> list[Command]:
+        self._channel_gone = True
+        self.record.hangup_cause = event.cause
+        self._add(now, "call.hangup", cause=event.cause)
+        cmds = self._begin_end(now, "caller", event.cause, "caller hung up", hangup=False)
+        self._end_by = now + HANGUP_COMPLETE_S
+        return cmds
+
+    def _on_hangup_complete(self, event: ev.ChannelHangupComplete, now: float) -> list[Command]:
+        self._channel_gone = True
+        self.record.hangup_cause = event.cause or self.record.hangup_cause
+        cmds = self._begin_end(now, "caller", event.cause, "caller hung up", hangup=False)
+        return cmds + self._finish(now, self.record.end_reason or "ended")
+
+    def _on_esl_closed(self, event: ev.EslClosed, now: float) -> list[Command]:
+        self._channel_gone = True
+        cmds = self._begin_end(now, "system", self.record.hangup_cause or "", f"ESL closed: {event.reason}",
+                               hangup=False)
+        return cmds + self._finish(now, self.record.end_reason or "ESL closed")
+
+    def _begin_end(self, now: float, side: str, cause: str, reason: str, *, hangup: bool) -> list[Command]:
+        """Start ending the call once; later calls only fill in what is still unknown."""
+        if self.phase in (ENDING, ENDED):
+            return []
+        self.phase = ENDING
+        self.record.hangup_side = side
+        self.record.end_reason = reason
+        self.record.hangup_cause = self.record.hangup_cause or cause or None
+        self._add(now, "call.ending", side=side, cause=cause, reason=reason)
+        cmds: list[Command] = [SetUplink(False)]
+        if self.conversation is not None:
+            cmds += self.conversation.stop_audio(now) if not self._channel_gone else []
+        if self._model_open or self.persona is not None:
+            cmds.append(CloseModel(1000, "call ended"))
+            self._model_open = False
+        if self._media_started:
+            cmds.append(StopMediaStream(send_api=not self._channel_gone and not hangup))
+        if hangup and not self._channel_gone:
+            cmds.append(EslHangup(cause))
+            self._end_by = now + HANGUP_CONFIRM_S
+        else:
+            self._end_by = now + HANGUP_COMPLETE_S
+        return cmds
+
+    def _finish(self, now: float, reason: str) -> list[Command]:
+        if self.phase == ENDED:
+            return []
+        self.phase = ENDED
+        self.record.ended_at = now - self.t0
+        self._add(now, "call.ended", reason=reason)
+        return [WriteRecord(self.record), EndCall(reason)]
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    @property
+    def _uuid(self) -> str:
+        return self.info.uuid if self.info else "?"
+
+    def _add(self, now: float, kind: str, **fields: Any) -> None:
+        self.record.add(now - self.t0, kind, **fields)
+
+    def _first(self, now: float, kind: str) -> None:
+        if self.record.first(kind) is None:
+            self._add(now, kind)

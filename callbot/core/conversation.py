@@ -1,0 +1,200 @@
+"""The conversation with the model: responses, bot audio, transcripts, usage, barge-in.
+
+``Conversation.on_model_event(data, now)`` takes one Realtime GA server event and returns the
+commands it calls for. It never learns which socket or module carried the event. Unknown event
+types are ignored; malformed ones are logged once per call and ignored.
+"""
+from __future__ import annotations
+
+import binascii
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from ..audio.downlink import Downlink
+from ..records import CallRecord
+from .barge_in import BargeIn
+from .commands import Command
+from .playout import FilePlayout
+
+log = logging.getLogger(__name__)
+
+FATAL_ERROR_CODES = frozenset({"invalid_api_key", "beta_api_shape_disabled", "session_expired"})
+HARMLESS_ERROR_CODES = frozenset({"response_cancel_not_active"})
+
+
+@dataclass(slots=True)
+class ResponseState:
+    """Timing of one model response, for the record and the latency figures."""
+
+    response_id: str
+    created_at: float
+    first_delta_at: float | None = None
+    cancelled: bool = False
+
+
+class Conversation:
+    """Model-event handling for one call. ``t0`` is the call's start on the ``now`` clock."""
+
+    def __init__(self, playout: FilePlayout, downlink: Downlink, barge_in: BargeIn, record: CallRecord,
+                 t0: float, on_fatal: Callable[[str, float], list[Command]]) -> None:
+        self.playout = playout
+        self.downlink = downlink
+        self.barge_in = barge_in
+        self.record = record
+        self.t0 = t0
+        self._on_fatal = on_fatal
+        self.active_response: str | None = None
+        self.responses: dict[str, ResponseState] = {}
+        self._item_response: dict[str, str] = {}
+        self._audio_item: str | None = None
+        self._warned: set[str] = set()
+        self._handlers: dict[str, Callable[[Mapping[str, Any], float], list[Command]]] = {
+            "response.output_audio.delta": self._on_audio_delta,
+            "response.output_audio.done": self._on_audio_done,
+            "input_audio_buffer.speech_started": self._on_speech_started,
+            "input_audio_buffer.speech_stopped": self._on_speech_stopped,
+            "response.created": self._on_response_created,
+            "response.done": self._on_response_done,
+            "response.output_audio_transcript.done": self._on_bot_transcript,
+            "conversation.item.input_audio_transcription.completed": self._on_caller_transcript,
+            "conversation.item.truncated": self._on_truncated,
+            "session.updated": self._on_session_updated,
+            "error": self._on_error,
+        }
+
+    # --- entry points ---------------------------------------------------------------------
+
+    def on_model_event(self, data: Mapping[str, Any], now: float) -> list[Command]:
+        """Handle one server event; never raises on bad input."""
+        handler = self._handlers.get(data.get("type", ""))  # type: ignore[arg-type]
+        if handler is None:
+            return []
+        try:
+            return handler(data, now)
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            self._warn_once(f"bad {data.get('type')}", f"malformed model event {data.get('type')!r} ignored: {exc!r}")
+            return []
+
+    def on_tick(self, now: float) -> list[Command]:
+        """Deadlines owned by the conversation (chunk starvation, delayed barge-in)."""
+        cmds = self.playout.on_deadline(now)
+        if self.barge_in.due(now) and self.playout.audible:
+            cmds += self._interrupt(now)
+        return cmds
+
+    @property
+    def next_deadline(self) -> float | None:
+        deadlines = [d for d in (self.playout.next_deadline, self.barge_in.pending_at) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def stop_audio(self, now: float) -> list[Command]:
+        """Stop and drop all bot audio (the model is gone or the call is ending)."""
+        if not self.playout.audible:
+            return []
+        self.downlink.reset()
+        return self.playout.interrupt(now).commands
+
+    # --- bot audio ------------------------------------------------------------------------
+
+    def _on_audio_delta(self, data: Mapping[str, Any], now: float) -> list[Command]:
+        response_id = data["response_id"]
+        state = self.responses.get(response_id)
+        if state is not None and state.cancelled:
+            return []  # late audio of a cancelled response never reaches the caller
+        item_id = data["item_id"]
+        if state is not None and state.first_delta_at is None:
+            state.first_delta_at = now
+            self._add(now, "bot.first_audio", response_id=response_id, item_id=item_id)
+        self._audio_item = item_id
+        self._item_response[item_id] = response_id
+        return self.playout.add(item_id, self.downlink.feed_b64(data["delta"]), now)
+
+    def _on_audio_done(self, data: Mapping[str, Any], now: float) -> list[Command]:
+        item_id = data["item_id"]
+        state = self.responses.get(data.get("response_id", ""))
+        if state is not None and state.cancelled:
+            return []
+        tail = self.downlink.finish()
+        return self.playout.add(item_id, tail, now) + self.playout.end_item(item_id, now)
+
+    # --- turns ----------------------------------------------------------------------------
+
+    def _on_speech_started(self, data: Mapping[str, Any], now: float) -> list[Command]:
+        self._add(now, "caller.speech_started", audio_start_ms=data.get("audio_start_ms"))
+        if self.barge_in.on_speech_started(self.playout.audible, now):
+            return self._interrupt(now)
+        return []
+
+    def _on_speech_stopped(self, data: Mapping[str, Any], now: float) -> list[Command]:
+        self._add(now, "caller.speech_stopped", audio_end_ms=data.get("audio_end_ms"))
+        self.barge_in.on_speech_stopped()
+        return []
+
+    def _interrupt(self, now: float) -> list[Command]:
+        self.downlink.reset()
+        if self.active_response is not None:
+            self.responses[self.active_response].cancelled = True
+        cmds, result = self.barge_in.interrupt(self.playout, self.active_response is not None, now)
+        self._add(now, "barge_in", item_id=result.item_id, heard_ms=result.heard_ms,
+                  truncated=result.truncated, cancel_sent=result.cancelled)
+        return cmds
+
+    def _on_response_created(self, data: Mapping[str, Any], now: float) -> list[Command]:
+        response_id = data["response"]["id"]
+        self.active_response = response_id
+        self.responses[response_id] = ResponseState(response_id, now)
+        self._add(now, "response.created", response_id=response_id)
+        return []
+
+    def _on_response_done(self, data: Mapping[str, Any], now: float) -> list[Command]:
+        response = data["response"]
+        response_id = response["id"]
+        if self.active_response == response_id:
+            self.active_response = None
+        self.record.add_usage(response.get("usage"))
+        details = response.get("status_details") or {}
+        self._add(now, "response.done", response_id=response_id, status=response.get("status"),
+                  reason=details.get("reason"))
+        self.responses.pop(response_id, None)
+        return []
+
+    # --- transcripts, errors --------------------------------------------------------------------
+
+    def _on_bot_transcript(self, data: Mapping[str, Any], now: float) -> list[Command]:
+        self._add(now, "transcript", role="assistant", item_id=data.get("item_id"), text=data["transcript"])
+        return []
+
+    def _on_caller_transcript(self, data: Mapping[str, Any], now: float) -> list[Command]:
+        self._add(now, "transcript", role="caller", item_id=data.get("item_id"), text=data["transcript"])
+        return []
+
+    def _on_truncated(self, data: Mapping[str, Any], now: float) -> list[Command]:
+        self._add(now, "model.truncated", item_id=data.get("item_id"), audio_end_ms=data.get("audio_end_ms"))
+        return []
+
+    def _on_session_updated(self, data: Mapping[str, Any], now: float) -> list[Command]:
+        self._add(now, "model.session_updated")
+        return []
+
+    def _on_error(self, data: Mapping[str, Any], now: float) -> list[Command]:
+        error = data.get("error") or {}
+        code = error.get("code")
+        if code in HARMLESS_ERROR_CODES:
+            return []
+        message = str(error.get("message", ""))[:300]
+        self._add(now, "model.error", code=code, message=message)
+        if code in FATAL_ERROR_CODES:
+            return self._on_fatal(f"model error {code}: {message}", now)
+        log.warning("model error %s: %s", code, message)
+        return []
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _add(self, now: float, kind: str, **fields: Any) -> None:
+        self.record.add(now - self.t0, kind, **fields)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("call %s: %s", self.record.call_uuid, message)

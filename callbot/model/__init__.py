@@ -1,0 +1,1 @@
+"""The model transport: callbot's own WebSocket client to a Realtime (GA) server."""
