@@ -1,0 +1,462 @@
+"""gevent-websocket 0.10.1, corrected by subclassing (no fork, no global monkeypatching).
+
+Stock 0.10.1 defects fixed here (see the gevent stack research notes, section 4.3):
+
+1. ``close(code, reason)`` sent ``str(reason)`` and no status code; :class:`FixedWebSocket` sends
+   ``!H code`` + UTF-8 reason and echoes a peer's close with the peer's code.
+2. The 101 went out before the application could refuse; :class:`GatedWebSocketHandler` asks the
+   application's ``gate(environ)`` first and answers a plain HTTP status instead of upgrading.
+3. No size limit; :class:`FixedWebSocket` closes with 1009 above ``max_message_bytes``.
+4. Unmasking was a per-byte Python loop; here it is one big-integer XOR per frame.
+5. Text was validated by a pure-Python UTF-8 DFA twice; here ``bytes.decode('utf-8')`` once (1007 on failure).
+6. Two greenlets sending at once raised ``ConcurrentObjectUseError``; sends are serialised by a semaphore.
+7. A close frame was sent from ``__del__`` (at garbage collection, from any greenlet); no longer.
+   A bad ``Sec-WebSocket-Key`` gave a 500 traceback and HTTP/1.0 gave "402"; both are now 400.
+
+permessage-deflate (offered by mod_audio_stream's libwsc) is never accepted: the handler never
+answers a ``Sec-WebSocket-Extensions`` header, so the peer falls back to uncompressed frames and
+any frame with an RSV bit set is a protocol error (1002).
+
+Usage::
+
+    WSGIServer(addr, app, handler_class=GatedWebSocketHandler, log=None)
+
+where ``app`` may carry ``gate(environ) -> None | (status_code, body_text)`` and ``max_message_bytes``.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import Any
+
+import gevent
+from gevent.lock import Semaphore
+from geventwebsocket.exceptions import ProtocolError, WebSocketError
+from geventwebsocket.handler import WebSocketHandler
+from geventwebsocket.websocket import Header, Stream, WebSocket
+
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "FixedWebSocket", "GatedWebSocketHandler", "unmask"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+DEFAULT_CLOSE_TIMEOUT_S = 1.0
+"""How long a closing side waits for the peer (close echo or EOF) before cutting the TCP connection."""
+_DRAIN_LIMIT_BYTES = 4 * 1024 * 1024
+_READ_CHUNK = 65536
+
+Message = str | bytes | bytearray
+GateResult = tuple[int, str] | None
+"""What ``gate(environ)`` returns: ``None`` to upgrade, or ``(status_code, body_text)`` to refuse."""
+
+
+def unmask(payload: bytes, mask: bytes) -> bytes:
+    """Return ``payload`` XORed with the repeating 4-byte client ``mask`` (RFC 6455 5.3)."""
+    n = len(payload)
+    if n == 0:
+        return b""
+    key = (mask * ((n >> 2) + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+def _close_payload(code: int | None, reason: str | bytes | bytearray | None) -> bytes:
+    """Encode a close frame body: empty without a code, else ``!H code`` + UTF-8 reason (<= 123 bytes)."""
+    if code is None:
+        return b""
+    if isinstance(reason, str):
+        raw = reason.encode("utf-8")
+    else:
+        raw = bytes(reason or b"")
+    if len(raw) > 123:
+        raw = raw[:123].decode("utf-8", "ignore").encode("utf-8")
+    return struct.pack("!H", code) + raw
+
+
+def _is_valid_close_code(code: int) -> bool:
+    """RFC 6455 7.4: codes a peer may put on the wire."""
+    if 1000 <= code <= 1014:
+        return code not in (1004, 1005, 1006)
+    return 3000 <= code <= 4999
+
+
+class _Fail(Exception):
+    """Internal: the connection must be failed with this close code."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class FixedWebSocket(WebSocket):
+    """A server-side WebSocket with correct close frames, a size limit, fast unmasking and safe concurrent sends.
+
+    Contract:
+    * ``receive()`` returns ``str`` (text), ``bytes``/``bytearray`` (binary, as received, not copied),
+      or ``None`` once the connection is over; afterwards ``close_code``/``close_reason`` say why.
+      Reasons: ``"peer closed <code> <text>"``, ``"local close <code> <text>"``, ``"message too big"``
+      (1009 sent), ``"invalid utf-8"`` (1007), ``"protocol error"`` (1002), ``"idle"`` (a socket timeout
+      set by the owner on ``handler.socket``; 1001 sent), ``"connection lost"``.
+      Calling ``receive()`` again after ``None`` raises :class:`WebSocketError`.
+    * ``send()``/``send_frame()``/``close()`` may be called from any greenlet; frames never interleave.
+      After ``close()`` every send raises :class:`WebSocketError`.
+    * After ``close()`` (from any greenlet, e.g. while another is blocked in ``receive()``) the reader
+      keeps reading, discarding data, until the peer's close echo; if the echo does not come within
+      ``close_timeout_s`` the TCP connection is cut, so the reader always ends.
+    * A failed send (dead peer, or a send timeout set by the owner on ``handler.socket``) cuts the
+      connection: the reader's ``receive()`` then returns ``None`` with reason ``"send failed"``.
+    * Pings are answered with pongs; the server never sends pings of its own.
+    """
+
+    __slots__ = (
+        "_close_timer",
+        "_done",
+        "_reader",
+        "_send_lock",
+        "close_code",
+        "close_reason",
+        "close_timeout_s",
+        "max_message_bytes",
+    )
+    closed: bool  # a slot of the base class: True once a close frame was sent or the connection died
+
+    def __init__(self, environ: dict, stream: Stream, handler: WebSocketHandler,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 close_timeout_s: float = DEFAULT_CLOSE_TIMEOUT_S) -> None:
+        super().__init__(environ, stream, handler)
+        self.max_message_bytes = max_message_bytes
+        self.close_timeout_s = close_timeout_s
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._send_lock = Semaphore()
+        self._done = False
+        self._reader: Any = None
+        self._close_timer: Any = None
+
+    def __del__(self) -> None:
+        """Never send a close frame from the garbage collector."""
+
+    # --- sending ---------------------------------------------------------------------------
+
+    def send_frame(self, message: Any, opcode: int) -> None:
+        """Send one FIN frame; text/ping payloads are UTF-8 encoded, others sent as given."""
+        if opcode in (self.OPCODE_TEXT, self.OPCODE_PING) and isinstance(message, str):
+            payload = message.encode("utf-8")
+        elif message is None:
+            payload = b""
+        else:
+            payload = message
+        with self._send_lock:
+            if self.closed:
+                raise WebSocketError("Connection is already closed")
+            self._write_frame(opcode, payload)
+
+    def send(self, message: Any, binary: bool | None = None) -> None:
+        """Send a text frame (``str``) or binary frame (bytes-like); ``binary`` overrides the type."""
+        if binary is None:
+            binary = not isinstance(message, str)
+        self.send_frame(message, self.OPCODE_BINARY if binary else self.OPCODE_TEXT)
+
+    def close(self, code: int | None = 1000, message: str | bytes | bytearray | None = b"") -> None:
+        """Send a close frame (``code`` + reason) once; later calls do nothing. The socket stays open.
+
+        ``code=None`` sends an empty close body. If some greenlet is reading (``receive()``), the TCP
+        connection is cut after ``close_timeout_s`` unless the peer's echo or EOF arrives first.
+        """
+        with self._send_lock:
+            if self.closed:
+                return
+            self.closed = True  # type: ignore[misc]  # slot of the untyped base class
+            if not self.close_reason:
+                text = message.decode("utf-8", "replace") if isinstance(message, (bytes, bytearray)) \
+                    else (message or "")
+                self.close_code = code
+                self.close_reason = f"local close {code} {text}".rstrip()
+            try:
+                self._write_frame(self.OPCODE_CLOSE, _close_payload(code, message))
+            except OSError:
+                log.debug("close frame not sent: socket already dead")
+        if self._reader is not None and not self._done:
+            self._arm_close_timer()
+
+    def _write_frame(self, opcode: int, payload: Any) -> None:
+        """Write header + payload. Caller holds ``_send_lock``."""
+        header = bytes(Header.encode_header(True, opcode, b"", len(payload), 0))
+        try:
+            if len(payload) <= 16384:
+                self.raw_write(header + bytes(payload))
+            else:
+                self.raw_write(header)
+                self.raw_write(payload)
+        except OSError as exc:
+            # A partial frame may be on the wire (e.g. a send timeout): nothing valid can follow it.
+            self.closed = True  # type: ignore[misc]  # slot of the untyped base class
+            self._note_end(None, "send failed")
+            self._cut()
+            raise WebSocketError("Socket is dead") from exc
+
+    # --- receiving -------------------------------------------------------------------------
+
+    def receive(self) -> Message | None:
+        """Return the next message, or ``None`` when the connection is over (see the class contract)."""
+        if self._done:
+            raise WebSocketError("Connection is already closed")
+        self._reader = gevent.getcurrent()
+        if self.closed:
+            self._arm_close_timer()  # closed between two receive() calls: the echo wait is bounded too
+        try:
+            while True:
+                message = self.read_message()
+                if message is None:
+                    self._finish()
+                    return None
+                if not self.closed:
+                    return message
+                # Closing: data after our close frame is discarded until the echo arrives.
+        except _Fail as exc:
+            self._fail(exc.code, exc.reason)
+        except UnicodeDecodeError:
+            self._fail(1007, "invalid utf-8")
+        except ProtocolError:
+            self._fail(1002, "protocol error")
+        except TimeoutError:
+            self._fail(1001, "idle")
+        except OSError:
+            self._note_end(None, "connection lost")
+        self._finish()
+        return None
+
+    def read_message(self) -> Message | None:
+        """Read frames until one whole data message is available; ``None`` after a close frame."""
+        opcode = 0
+        size = 0
+        parts: bytearray | None = None
+        first: Any = None
+        while True:
+            fin, f_opcode, payload = self._read_frame(size)
+            if f_opcode >= 0x8:
+                if not self._handle_control(f_opcode, payload):
+                    return None
+                continue
+            if f_opcode == self.OPCODE_CONTINUATION:
+                if not opcode:
+                    raise ProtocolError("continuation without a message")
+                if parts is None:
+                    parts = bytearray(first)
+                parts += payload
+            elif opcode:
+                raise ProtocolError("new message inside a fragmented one")
+            elif f_opcode in (self.OPCODE_TEXT, self.OPCODE_BINARY):
+                opcode, first = f_opcode, payload
+            else:
+                raise ProtocolError("reserved opcode")
+            size += len(payload)
+            if fin:
+                data = first if parts is None else parts
+                return data.decode("utf-8") if opcode == self.OPCODE_TEXT else data
+
+    def _read_frame(self, buffered: int) -> tuple[bool, int, bytes]:
+        """Read one frame: (fin, opcode, unmasked payload). Enforces mask, RSV bits and the size limit."""
+        header = Header.decode_header(self.stream)
+        if header.flags:
+            raise ProtocolError("RSV bits set (no extension was negotiated)")
+        if not header.mask:
+            raise ProtocolError("unmasked client frame")
+        length = header.length
+        if header.opcode < 0x8 and buffered + length > self.max_message_bytes:
+            raise _Fail(1009, "message too big")
+        payload = self.raw_read(length) if length else b""
+        if len(payload) != length:
+            raise WebSocketError("Unexpected EOF reading frame payload")
+        return bool(header.fin), header.opcode, unmask(payload, header.mask)
+
+    def _handle_control(self, opcode: int, payload: bytes) -> bool:
+        """Answer ping/pong/close; False when the frame was a close (the message stream is over)."""
+        if opcode == self.OPCODE_PING:
+            try:
+                self.send_frame(payload, self.OPCODE_PONG)
+            except WebSocketError:
+                pass  # closing or dead: the next read tells
+            return True
+        if opcode == self.OPCODE_PONG:
+            return True
+        if opcode != self.OPCODE_CLOSE:
+            raise ProtocolError("reserved control opcode")
+        self._handle_peer_close(payload)
+        return False
+
+    def _handle_peer_close(self, payload: bytes) -> None:
+        """Record the peer's close and echo it (unless we closed first)."""
+        if len(payload) == 1:
+            raise ProtocolError("close frame with a 1-byte body")
+        code: int | None = None
+        text = ""
+        if payload:
+            code = struct.unpack("!H", payload[:2])[0]
+            if not _is_valid_close_code(code):
+                raise ProtocolError("invalid close code")
+            text = payload[2:].decode("utf-8")
+        self._note_end(code, f"peer closed {code if code is not None else 1005} {text}".rstrip())
+        self.close(code, b"")
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection: record why, send ``code``, half-close and drain so the frame is not lost."""
+        self._note_end(code, reason)
+        already_closing = self.closed
+        self.close(code, reason)
+        if not already_closing:
+            self._linger()
+
+    def _note_end(self, code: int | None, reason: str) -> None:
+        if not self.close_reason:
+            self.close_code = code
+            self.close_reason = reason
+
+    def _finish(self) -> None:
+        """Mark reading as over; cancel the close timer."""
+        self._done = True
+        self._reader = None
+        timer, self._close_timer = self._close_timer, None
+        if timer is not None:
+            timer.stop()
+            timer.close()
+        if not self.closed:
+            self.close(None)
+
+    # --- TCP-level closing -----------------------------------------------------------------
+
+    def _arm_close_timer(self) -> None:
+        if self._close_timer is not None:
+            return
+        timer = gevent.get_hub().loop.timer(self.close_timeout_s)
+        self._close_timer = timer
+        timer.start(self._cut)
+
+    def _cut(self) -> None:
+        """Close-handshake timeout: shut the TCP connection so the blocked reader sees EOF."""
+        try:
+            self.handler.socket.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass
+
+    def _linger(self) -> None:
+        """Shut our write side and discard input until EOF, ``close_timeout_s`` or a byte budget.
+
+        Closing a socket with unread input makes the kernel send a TCP reset, which can destroy the
+        close frame we just sent before the peer reads it.
+        """
+        sock = self.handler.socket
+        deadline = time.monotonic() + self.close_timeout_s
+        budget = _DRAIN_LIMIT_BYTES
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            while budget > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                sock.settimeout(left)
+                chunk = sock.recv(_READ_CHUNK)
+                if not chunk:
+                    break
+                budget -= len(chunk)
+        except (OSError, AttributeError):
+            pass
+
+
+def _plain_response(handler: WebSocketHandler, code: int, body: str) -> list[bytes]:
+    """Answer a plain HTTP status (no upgrade) and make the connection close afterwards."""
+    try:
+        phrase = HTTPStatus(code).phrase
+    except ValueError:
+        phrase = "Error"
+    data = body.encode("utf-8")
+    handler.start_response(f"{code} {phrase}", [("Content-Type", "text/plain; charset=utf-8"),
+                                                 ("Connection", "close")])
+    handler.close_connection = True
+    return [data]
+
+
+class GatedWebSocketHandler(WebSocketHandler):
+    """A pywsgi handler that upgrades to :class:`FixedWebSocket` only if the application's gate agrees.
+
+    Before the 101, if the WSGI application object has a callable ``gate(environ)``, it is called:
+    ``None`` upgrades; ``(status_code, body_text)`` answers that plain HTTP status and does not upgrade.
+    The gate runs in the handshake path (the media module allows 1 s for it): keep it a lookup.
+    ``max_message_bytes`` is taken from the application object if it has that attribute.
+    No extension (permessage-deflate) and no subprotocol unless ``app_protocol`` says so.
+    Malformed upgrade requests get 400 instead of a traceback.
+    """
+
+    def upgrade_websocket(self) -> Iterable[bytes] | None:
+        """Return a response body for a refused upgrade, or ``None`` (upgraded, or not a WS request)."""
+        env = self.environ
+        if env.get("REQUEST_METHOD", "") != "GET":
+            return None
+        if env.get("HTTP_UPGRADE", "").lower() != "websocket":
+            return None
+        if "upgrade" not in env.get("HTTP_CONNECTION", "").lower():
+            return None
+        if self.request_version != "HTTP/1.1":
+            return _plain_response(self, 400, "WebSocket needs HTTP/1.1")
+        if not env.get("HTTP_SEC_WEBSOCKET_VERSION"):
+            self.start_response("426 Upgrade Required",
+                                [("Sec-WebSocket-Version", ", ".join(self.SUPPORTED_VERSIONS))])
+            self.close_connection = True
+            return [b"Sec-WebSocket-Version missing"]
+        return self.upgrade_connection()
+
+    def upgrade_connection(self) -> Iterable[bytes] | None:
+        """Validate the handshake, consult the gate, then send the 101 with a :class:`FixedWebSocket`."""
+        env = self.environ
+        if env.get("HTTP_SEC_WEBSOCKET_VERSION") not in self.SUPPORTED_VERSIONS:
+            return _plain_response(self, 400, "unsupported WebSocket version")
+        key = env.get("HTTP_SEC_WEBSOCKET_KEY", "").strip()
+        try:
+            valid_key = len(base64.b64decode(key, validate=True)) == 16
+        except (binascii.Error, ValueError):
+            valid_key = False
+        if not valid_key:
+            return _plain_response(self, 400, "invalid Sec-WebSocket-Key")
+        refusal = self._run_gate()
+        if refusal is not None:
+            return _plain_response(self, refusal[0], refusal[1])
+        self._accept(key)
+        return None
+
+    def _run_gate(self) -> GateResult:
+        gate: Callable[[dict], GateResult] | None = getattr(self.application, "gate", None)
+        if not callable(gate):
+            return None
+        try:
+            return gate(self.environ)
+        except Exception:  # a broken gate must not leak a traceback with the environ (tokens) in it
+            log.exception("WebSocket gate failed; answering 500")
+            return (500, "internal error")
+
+    def _accept(self, key: str) -> None:
+        protocol = None
+        app_protocol = getattr(self.application, "app_protocol", None)
+        if callable(app_protocol):
+            allowed = app_protocol(self.environ.get("PATH_INFO", ""))
+            requested = [p.strip() for p in self.environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "").split(",")]
+            if allowed and allowed in requested:
+                protocol = allowed
+        limit = getattr(self.application, "max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)
+        self.websocket = FixedWebSocket(self.environ, Stream(self), self, max_message_bytes=int(limit))
+        self.environ.update({"wsgi.websocket_version": self.environ["HTTP_SEC_WEBSOCKET_VERSION"],
+                             "wsgi.websocket": self.websocket})
+        accept = base64.b64encode(hashlib.sha1((key + self.GUID).encode("latin-1")).digest()).decode("ascii")
+        headers = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", accept)]
+        if protocol:
+            headers.append(("Sec-WebSocket-Protocol", protocol))
+        self.start_response("101 Switching Protocols", headers)
+
+    def log_request(self) -> None:
+        """No access log here (request lines carry media tokens); pywsgi's ``log=None`` is the switch."""
