@@ -25,7 +25,7 @@ from .commands import (Command, CloseModel, ConnectModel, EndCall, EslExecute, E
 from .conversation import Conversation
 from .playout import FilePlayout
 from .routing import select_persona
-from .session_config import greeting_response, session_update
+from .session_config import greeting_response, server_interrupts, session_update
 
 if TYPE_CHECKING:
     from ..config import AppConfig
@@ -137,9 +137,7 @@ class CallCore:
         fmt = self.config.realtime.audio_format
         downlink = Downlink(fmt, self.config.media.rate)
         playout = FilePlayout(uuid, downlink.play_rate, self._chunk_policy)
-        turn = session_update(persona, fmt)["session"]["audio"]["input"].get("turn_detection")
-        server_cancels = bool(turn) and turn.get("interrupt_response", True) is not False
-        barge_in = BargeIn(persona.barge_in, persona.min_interrupt_ms, server_cancels)
+        barge_in = BargeIn(persona.barge_in, persona.min_interrupt_ms, server_interrupts(persona))
         return Conversation(playout, downlink, barge_in, self.record, self.t0, self._on_model_fatal)
 
     def _on_answered(self, event: ev.ChannelAnswered, now: float) -> list[Command]:

@@ -1,0 +1,547 @@
+"""callbot's configuration file: loading, validation and the typed, immutable result.
+
+``load_config(path)`` reads one YAML file (``yaml.safe_load`` only), checks every key and
+value, loads the persona files it points to and returns an :class:`AppConfig`. Anything wrong
+raises :class:`ConfigError`, which names the file, the key path, the problem and the fix.
+Unknown keys are errors (with a "did you mean ...?" hint) so that a typo never passes silently.
+
+The OpenAI API key is never part of the file: ``realtime.api_key_env`` names the environment
+variable that holds it, and :meth:`AppConfig.api_key` reads that variable when called.
+"""
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Collection, Iterator, Literal, Mapping
+
+import yaml
+
+if TYPE_CHECKING:
+    from callbot.persona import Persona
+
+__all__ = [
+    "AppConfig", "AudioFormat", "ConfigError", "EslConfig", "ListenAddress", "MediaConfig",
+    "RealtimeConfig", "RoutingConfig", "Section", "load_config", "parse_listen", "read_yaml",
+    "suggest",
+]
+
+MEDIA_MODULES = ("audio_stream",)
+"""Media modules callbot can drive today."""
+
+_FUTURE_MODULES = {
+    "openai_audio_stream": (
+        "VoiSmart's mod_openai_audio_stream is not supported yet (planned)",
+        "use module: audio_stream (the community mod_audio_stream)",
+    ),
+    "openai_s2s": (
+        "jambonz's mod_openai_s2s speaks only the beta Realtime protocol, shut down by OpenAI "
+        "on 2026-05-12",
+        "use module: audio_stream (the community mod_audio_stream)",
+    ),
+}
+AudioFormat = Literal["pcm16", "pcmu", "pcma"]
+_AUDIO_FORMATS: tuple[AudioFormat, ...] = ("pcm16", "pcmu", "pcma")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9.-]+$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CHANNEL_VAR = re.compile(r"^[A-Za-z0-9_]+$")
+
+_TOP_KEYS = ("esl", "media", "realtime", "personas", "routing", "records", "log_level")
+_ESL_KEYS = ("listen", "linger_s", "command_timeout_s")
+_MEDIA_KEYS = ("listen", "url", "rate", "module")
+_REALTIME_KEYS = ("url", "model", "api_key_env", "audio_format", "connect_timeout_s")
+_ROUTING_KEYS = ("variable", "default", "destinations")
+_SECRET_HINTS = {
+    "api_key": "never put the API key in YAML: export it in the environment and set "
+               "realtime.api_key_env to the variable's name",
+}
+
+
+# --- errors and the validating reader (also used by callbot.persona) -------------------------
+
+class ConfigError(Exception):
+    """A problem in a config or persona file: which file, which key, what is wrong, the fix.
+
+    ``str(err)`` is ``"<file>: <key>: <problem> (fix: <fix>)"``.
+    """
+
+    def __init__(self, file: str | Path, key: str, problem: str, fix: str) -> None:
+        self.file = str(file)
+        self.key = key
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{self.file}: {key}: {problem} (fix: {fix})")
+
+
+_REQUIRED: Any = object()
+
+
+def suggest(word: str, choices: Collection[str]) -> str | None:
+    """``"did you mean 'x'?"`` for the closest choice, or None when nothing is close."""
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean '{match[0]}'?" if match else None
+
+
+def describe(value: Any) -> str:
+    """How a YAML value reads in an error message."""
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string '{value}'"
+    return {type(None): "an empty value", list: "a list", dict: "a mapping"}.get(
+        type(value), type(value).__name__)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse one YAML file with ``yaml.safe_load``; a missing or broken file is a ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, "(file)", "does not exist", "check the path") from None
+    except IsADirectoryError:
+        raise ConfigError(path, "(file)", "is a directory", "give the path of a .yaml file") \
+            from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "(file)", f"cannot be read: {exc}", "check the file") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(path, where, f"YAML syntax error: {problem}",
+                          "check indentation and quoting near that line (quote values that "
+                          "contain ': ', '#', '*' or start with '{' or '[')") from None
+
+
+class Section:
+    """One YAML mapping under validation, addressed by its file and key path.
+
+    Getters return typed values (``None`` in the file counts as absent) or raise ConfigError
+    naming ``<path>.<key>``. Numbers are never coerced from strings and booleans are not numbers.
+    """
+
+    def __init__(self, data: Mapping[Any, Any], file: str, path: str = "") -> None:
+        self.data = data
+        self.file = file
+        self.path = path
+
+    @classmethod
+    def root(cls, data: Any, file: str) -> Section:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(file, "(top level)", "must be a mapping of keys, got "
+                              f"{describe(data)}", "start the file with 'key: value' lines")
+        return cls(data, file)
+
+    def key_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def error(self, key: str, problem: str, fix: str) -> ConfigError:
+        return ConfigError(self.file, self.key_path(key), problem, fix)
+
+    def keys(self) -> Iterator[Any]:
+        return iter(self.data)
+
+    def check_keys(self, allowed: Collection[str], hints: Mapping[str, str] | None = None) -> None:
+        """Raise on the first key not in ``allowed``; ``hints`` give fixes for specific keys."""
+        for key in self.data:
+            if key in allowed:
+                continue
+            name = str(key)
+            fix = (hints or {}).get(name) or suggest(name, allowed) or \
+                f"remove it (valid keys here: {', '.join(allowed)})"
+            raise self.error(name, "unknown key", fix)
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def child(self, key: Any) -> Section:
+        """The mapping under ``key`` (an empty one when absent)."""
+        value = self.data.get(key)
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise self.error(str(key), f"must be a mapping, got {describe(value)}",
+                             f"write '{key}:' followed by indented 'name: value' lines")
+        return Section(value, self.file, self.key_path(str(key)))
+
+    def _default(self, key: str, default: Any, fix: str | None) -> Any:
+        if default is _REQUIRED:
+            raise self.error(key, "is required", fix or f"add '{key}: ...'")
+        return default
+
+    def string(self, key: str, default: Any = _REQUIRED, *, fix: str | None = None,
+               choices: Collection[str] | None = None) -> Any:
+        """A non-empty string (or ``default`` when absent), optionally one of ``choices``."""
+        if not self.has(key):
+            return self._default(key, default, fix)
+        value = self.data[key]
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(key, f"must be a non-empty text, got {describe(value)}",
+                             f"write {key}: <text> (quote it if YAML reads it as something else)")
+        if choices is not None and value not in choices:
+            raise self.error(key, f"'{value}' is not one of: {', '.join(choices)}",
+                             suggest(value, choices) or f"use one of: {', '.join(choices)}")
+        return value
+
+    def boolean(self, key: str, default: Any = _REQUIRED) -> Any:
+        if not self.has(key):
+            return self._default(key, default, None)
+        value = self.data[key]
+        if not isinstance(value, bool):
+            raise self.error(key, f"must be true or false, got {describe(value)}",
+                             f"write {key}: true or {key}: false (no quotes)")
+        return value
+
+    def integer(self, key: str, default: Any = _REQUIRED, *, lo: int | None = None,
+                hi: int | None = None) -> Any:
+        """A whole number (never a bool or a quoted string) in ``[lo, hi]``."""
+        return self._numeric(key, default, True, lo, hi, False)
+
+    def number(self, key: str, default: Any = _REQUIRED, *, lo: float | None = None,
+               hi: float | None = None, lo_open: bool = False) -> Any:
+        """An int or float (never a bool or a quoted string) in ``[lo, hi]``; ``lo`` itself
+        excluded when ``lo_open``."""
+        return self._numeric(key, default, False, lo, hi, lo_open)
+
+    def _numeric(self, key: str, default: Any, whole: bool, lo: float | None, hi: float | None,
+                 lo_open: bool) -> Any:
+        if not self.has(key):
+            return self._default(key, default, None)
+        value = self.data[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (whole and isinstance(value, float)):
+            what = "a whole number" if whole else "a number"
+            raise self.error(key, f"must be {what}, got {describe(value)}",
+                             _number_fix(key, value))
+        too_low = lo is not None and (value <= lo if lo_open else value < lo)
+        if too_low or (hi is not None and value > hi):
+            low = "" if lo is None else f"{'above' if lo_open else 'at least'} {lo}"
+            high = "" if hi is None else f"at most {hi}"
+            wanted = " and ".join(x for x in (low, high) if x)
+            raise self.error(key, f"{value} is out of range", f"use a value {wanted}")
+        return value
+
+
+def _number_fix(key: str, value: Any) -> str:
+    if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+        return f"remove the quotes: {key}: {value.strip()}"
+    return f"write {key}: <number>"
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """A TCP address to bind. ``host`` is an IPv4/IPv6 address or a hostname (no brackets)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.host in ("0.0.0.0", "::")
+
+
+@dataclass(frozen=True)
+class EslConfig:
+    """Outbound Event Socket server (FreeSWITCH's ``socket`` application connects here)."""
+
+    listen: ListenAddress
+    linger_s: int
+    command_timeout_s: float
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    """callbot's WebSocket endpoint for the media module. ``url`` is the base URL the module is
+    told to connect to (no trailing slash; callbot appends the per-call path)."""
+
+    listen: ListenAddress
+    url: str
+    rate: int
+    module: str
+
+
+@dataclass(frozen=True)
+class RealtimeConfig:
+    """The OpenAI Realtime (GA) endpoint. ``url`` has no query: callbot adds ``?model=``."""
+
+    url: str
+    model: str
+    api_key_env: str
+    audio_format: AudioFormat
+    connect_timeout_s: float
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """How a call picks its persona (see :func:`callbot.core.routing.select_persona`)."""
+
+    variable: str
+    default: str
+    destinations: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """The validated configuration. Paths are absolute. Holds no secret."""
+
+    config_path: Path
+    esl: EslConfig
+    media: MediaConfig
+    realtime: RealtimeConfig
+    routing: RoutingConfig
+    personas_dir: Path
+    records_dir: Path
+    log_level: str
+    personas: Mapping[str, Persona]
+    warnings: tuple[str, ...] = field(default=())
+
+    def api_key(self) -> str | None:
+        """The API key from the environment variable named by ``realtime.api_key_env``, read
+        now; ``None`` when the variable is unset or empty. Never stored in the config."""
+        return os.environ.get(self.realtime.api_key_env) or None
+
+
+def parse_listen(text: str) -> ListenAddress:
+    """Parse ``host:port`` or ``[ipv6]:port``. Raises ValueError with a readable reason."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError("an IPv6 address must be written as [address]:port")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"'{host}' is not an IPv6 address") from None
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError("expected host:port")
+        if ":" in host:
+            raise ValueError("an IPv6 address must be written as [address]:port")
+        if not _HOSTNAME.match(host):
+            raise ValueError(f"'{host}' is not a valid host")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port '{port}' is not a number from 1 to 65535")
+    return ListenAddress(host, int(port))
+
+
+def load_config(path: str | Path, *, import_handlers: bool = True) -> AppConfig:
+    """Load and validate the config file and every persona it uses.
+
+    With ``import_handlers`` (the default) every tool handler is imported and checked to be
+    callable. Raises :class:`ConfigError` on the first problem found.
+    """
+    path = Path(path)
+    root = Section.root(read_yaml(path), str(path))
+    root.check_keys(_TOP_KEYS, _SECRET_HINTS)
+    warnings: list[str] = []
+    esl = _esl(root.child("esl"), warnings)
+    media = _media(root.child("media"), warnings)
+    realtime = _realtime(root.child("realtime"))
+    if realtime.audio_format != "pcm16" and media.rate == 16000:
+        warnings.append(
+            f"realtime.audio_format {realtime.audio_format} with media.rate 16000 works but "
+            "resamples every frame in Python; media.rate: 8000 needs no resampling")
+    base = path.resolve().parent
+    personas_dir = _directory(root, "personas", base, must_exist=True)
+    records_dir = _directory(root, "records", base, must_exist=False)
+    log_level = _log_level(root)
+    personas = _load_personas(root, personas_dir, import_handlers, warnings)
+    routing = _routing(root.child("routing"), personas)
+    return AppConfig(
+        config_path=path.resolve(), esl=esl, media=media, realtime=realtime, routing=routing,
+        personas_dir=personas_dir, records_dir=records_dir, log_level=log_level,
+        personas=MappingProxyType(personas), warnings=tuple(warnings))
+
+
+def _listen(sec: Section, default: str, warnings: list[str]) -> ListenAddress:
+    text = sec.string("listen", default)
+    try:
+        address = parse_listen(text)
+    except ValueError as exc:
+        raise sec.error("listen", f"{exc} (got '{text}')",
+                        "write host:port, e.g. 127.0.0.1:8084, or [::1]:8084 for IPv6") from None
+    if not address.is_loopback:
+        warnings.append(f"{sec.key_path('listen')} binds {address.host}: "
+                        "reachable from the network")
+    return address
+
+
+def _esl(sec: Section, warnings: list[str]) -> EslConfig:
+    sec.check_keys(_ESL_KEYS)
+    return EslConfig(
+        listen=_listen(sec, "127.0.0.1:8084", warnings),
+        linger_s=sec.integer("linger_s", 10, lo=1, hi=3600),
+        command_timeout_s=sec.number("command_timeout_s", 5, lo=0, lo_open=True, hi=300))
+
+
+def _media(sec: Section, warnings: list[str]) -> MediaConfig:
+    sec.check_keys(_MEDIA_KEYS)
+    listen = _listen(sec, "127.0.0.1:8090", warnings)
+    if sec.has("url"):
+        url = _media_url(sec, sec.string("url"))
+    elif ":" in listen.host and not listen.is_wildcard:
+        raise sec.error("url", f"the default URL would use the IPv6 address {listen.host}, and "
+                               "mod_audio_stream accepts no IPv6 literal in a URL",
+                        "set media.url to ws://<IPv4 address or hostname>:<port>")
+    else:
+        host = "127.0.0.1" if listen.is_wildcard else listen.host
+        url = f"ws://{host}:{listen.port}"
+    if url.startswith("wss://"):
+        warnings.append("media.url uses wss://: callbot's endpoint speaks plain ws, so this "
+                        "needs a TLS proxy in front of it and mod_audio_stream built with "
+                        "-DUSE_TLS=ON")
+    rate = sec.integer("rate", 16000)
+    if rate not in (8000, 16000):
+        raise sec.error("rate", f"{rate} is not supported",
+                        "use 8000 (G.711 legs) or 16000 (wideband legs)")
+    return MediaConfig(listen=listen, url=url, rate=rate, module=_module(sec))
+
+
+def _media_url(sec: Section, url: str) -> str:
+    """Apply mod_audio_stream's own URL rules, so a bad URL fails here and not on the call."""
+    fix = "write ws://host:port[/path], host an IPv4 address or hostname"
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("ws", "wss"):
+        raise sec.error("url", f"'{url}' must start with ws:// or wss://", fix)
+    if "?" in rest or "#" in rest:
+        raise sec.error("url", f"'{url}' has a query or fragment; it is a base URL to which "
+                               "callbot appends the per-call path", "remove everything from '?'")
+    hostport = rest.split("/", 1)[0]
+    if hostport.startswith("["):
+        raise sec.error("url", f"'{url}' uses an IPv6 literal, which mod_audio_stream rejects",
+                        "use an IPv4 address or a hostname")
+    host, _, port = hostport.partition(":")
+    if not host or not _HOSTNAME.match(host):
+        raise sec.error("url", f"'{url}' has an invalid host '{host}' (mod_audio_stream allows "
+                               "letters, digits, '-' and '.')", fix)
+    if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise sec.error("url", f"'{url}' has an invalid port '{port}'", fix)
+    return url.rstrip("/")
+
+
+def _module(sec: Section) -> str:
+    module: str = sec.string("module", "audio_stream")
+    if module in _FUTURE_MODULES:
+        problem, fix = _FUTURE_MODULES[module]
+        raise sec.error("module", problem, fix)
+    if module not in MEDIA_MODULES:
+        raise sec.error("module", f"unknown media module '{module}'",
+                        suggest(module, MEDIA_MODULES + tuple(_FUTURE_MODULES)) or
+                        "use module: audio_stream")
+    return module
+
+
+def _realtime(sec: Section) -> RealtimeConfig:
+    sec.check_keys(_REALTIME_KEYS, _SECRET_HINTS)
+    url = sec.string("url", "wss://api.openai.com/v1/realtime")
+    if not url.startswith(("ws://", "wss://")):
+        raise sec.error("url", f"'{url}' must start with wss:// (or ws:// for a local server)",
+                        "e.g. wss://api.openai.com/v1/realtime")
+    if "?" in url:
+        raise sec.error("url", f"'{url}' has a query; callbot adds ?model=<realtime.model>",
+                        "remove everything from '?' and put the model in realtime.model")
+    model = sec.string("model", "gpt-realtime")
+    if not model.strip() or any(c.isspace() for c in model):
+        raise sec.error("model", f"'{model}' is not a model name", "e.g. model: gpt-realtime")
+    env = sec.string("api_key_env", "OPENAI_API_KEY")
+    if env.startswith("sk-"):
+        raise sec.error("api_key_env", "this looks like an API key itself; the file must only "
+                                       "name the environment variable that holds the key",
+                        "export OPENAI_API_KEY=... and write api_key_env: OPENAI_API_KEY "
+                        "(and revoke the key if this file was shared)")
+    if not _ENV_NAME.match(env):
+        raise sec.error("api_key_env", f"'{env}' is not an environment variable name",
+                        "e.g. api_key_env: OPENAI_API_KEY")
+    return RealtimeConfig(
+        url=url.rstrip("/"), model=model, api_key_env=env,
+        audio_format=sec.string("audio_format", "pcm16", choices=_AUDIO_FORMATS),
+        connect_timeout_s=sec.number("connect_timeout_s", 5, lo=0, lo_open=True, hi=300))
+
+
+def _directory(root: Section, key: str, base: Path, *, must_exist: bool) -> Path:
+    directory: Path = (base / root.string(key, key)).resolve()
+    if directory.exists() and not directory.is_dir():
+        raise root.error(key, f"{directory} is not a directory", "point it at a directory")
+    if must_exist and not directory.is_dir():
+        raise root.error(key, f"directory {directory} does not exist",
+                         f"create it, or set {key} (relative to {base})")
+    return directory
+
+
+def _log_level(root: Section) -> str:
+    level: str = root.string("log_level", "info").lower()
+    if level not in _LOG_LEVELS:
+        raise root.error("log_level", f"'{level}' is not a log level",
+                         suggest(level, _LOG_LEVELS) or f"use one of: {', '.join(_LOG_LEVELS)}")
+    return level
+
+
+def _load_personas(root: Section, directory: Path, import_handlers: bool,
+                   warnings: list[str]) -> dict[str, Persona]:
+    # Imported here: persona.py builds on this package's validation helpers too.
+    from callbot.persona import load_persona
+
+    files = sorted(directory.glob("*.yaml"))
+    warnings.extend(f"{p} is ignored: persona files must end in .yaml"
+                    for p in sorted(directory.glob("*.yml")))
+    if not files:
+        raise root.error("personas", f"{directory} holds no persona file (*.yaml)",
+                         "add one, e.g. copy config/personas/ava.yaml")
+    personas = {}
+    for file in files:
+        persona = load_persona(file, import_handlers=import_handlers)
+        personas[persona.name] = persona
+    return personas
+
+
+def _routing(sec: Section, personas: Mapping[str, Persona]) -> RoutingConfig:
+    sec.check_keys(_ROUTING_KEYS)
+    variable = sec.string("variable", "callbot_persona")
+    if not _CHANNEL_VAR.match(variable):
+        raise sec.error("variable", f"'{variable}' is not a channel variable name",
+                        "use letters, digits and '_', e.g. callbot_persona")
+    default = sec.string("default", fix="add 'default: <persona name>' under routing")
+    _check_persona(sec, "default", default, personas)
+    destinations: dict[str, str] = {}
+    table = sec.child("destinations")
+    for number in table.keys():
+        if not isinstance(number, str):
+            raise table.error(str(number), "a destination number must be a quoted string "
+                                           "(YAML reads 9999 as a number and drops '+' and "
+                                           "leading zeros)",
+                              "put quotes around it, exactly as dialled: "
+                              f"'{number}': <persona> (YAML read it as the number {number})")
+        destinations[number] = table.string(number)
+        _check_persona(table, number, destinations[number], personas)
+    return RoutingConfig(variable=variable, default=default,
+                         destinations=MappingProxyType(destinations))
+
+
+def _check_persona(sec: Section, key: str, name: str, personas: Mapping[str, Persona]) -> None:
+    if name not in personas:
+        known = ", ".join(sorted(personas))
+        raise sec.error(key, f"persona '{name}' does not exist (loaded: {known})",
+                        suggest(name, list(personas)) or
+                        f"use one of: {known}, or add personas/{name}.yaml")
