@@ -63,12 +63,12 @@ def test_heard_ms_counts_completed_files_and_the_playing_one():
     p.add("item_1", pcm_ms(600), 0.0)  # -> chunks of 200 and 400 ms
     p.on_play_ready("/f1", {"callbot_chunk": 1}, 0.0)
     p.on_play_ready("/f2", {"callbot_chunk": 2}, 0.0)
-    assert p.on_execute_started(f"callbot-{UUID[:8]}-1", 1.0)
+    assert p.on_execute_started(f"callbot-{UUID[:8]}-1", 1.0) == "item_1"
     assert abs(p.heard_ms("item_1", 1.1) - 100) < 1e-6
     assert p.on_execute_completed(f"callbot-{UUID[:8]}-1", None, 1.2)
     p.on_execute_started(f"callbot-{UUID[:8]}-2", 1.23)
     assert abs(p.heard_ms("item_1", 1.33) - 300) < 1e-6
-    assert not p.on_execute_started("someone-else", 1.3)
+    assert p.on_execute_started("someone-else", 1.3) is None
 
 
 def test_interrupt_breaks_drops_unplayed_chunks_and_reports_what_was_heard():

@@ -62,6 +62,7 @@ class CallCore:
         self._model_open = False
         self._channel_gone = False
         self._end_by: float | None = None
+        self._items_playing: set[str] = set()
         self._handlers: dict[type, Callable[[Any, float], list[Command]]] = {
             ev.CallStarted: self._on_call_started,
             ev.ChannelAnswered: self._on_answered,
@@ -136,7 +137,8 @@ class CallCore:
     def _new_conversation(self, persona: Persona, uuid: str, now: float) -> Conversation:
         fmt = self.config.realtime.audio_format
         downlink = Downlink(fmt, self.config.media.rate)
-        playout = FilePlayout(uuid, downlink.play_rate, self._chunk_policy)
+        playout = FilePlayout(uuid, downlink.play_rate, self._chunk_policy,
+                              on_first_chunk=lambda item, t: self._add(t, "bot.first_chunk_sent", item_id=item))
         barge_in = BargeIn(persona.barge_in, persona.min_interrupt_ms, server_interrupts(persona))
         return Conversation(playout, downlink, barge_in, self.record, self.t0, self._on_model_fatal)
 
@@ -155,8 +157,10 @@ class CallCore:
 
     def _on_execute_started(self, event: ev.ExecuteStarted, now: float) -> list[Command]:
         conv = self.conversation
-        if conv is not None and conv.playout.on_execute_started(event.app_uuid, now):
-            self._first(now, "bot.first_playback")
+        item_id = conv.playout.on_execute_started(event.app_uuid, now) if conv is not None else None
+        if item_id is not None and item_id not in self._items_playing:
+            self._items_playing.add(item_id)
+            self._add(now, "bot.playback_started", item_id=item_id)
         return []
 
     def _on_execute_completed(self, event: ev.ExecuteCompleted, now: float) -> list[Command]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .chunking import ChunkPolicy
 from .commands import Command, EslApi, EslExecute, SendMediaText
@@ -53,8 +53,11 @@ class Interruption:
 class FilePlayout:
     """Model audio (S16LE at ``play_rate``) -> streamAudio chunks -> queued playbacks."""
 
-    def __init__(self, call_uuid: str, play_rate: int, policy: ChunkPolicy | None = None) -> None:
+    def __init__(self, call_uuid: str, play_rate: int, policy: ChunkPolicy | None = None, *,
+                 on_first_chunk: Callable[[str, float], None] | None = None) -> None:
+        """``on_first_chunk(item_id, now)`` is told when the first chunk of an item leaves."""
         self._uuid = call_uuid
+        self._on_first_chunk = on_first_chunk
         self._rate = play_rate
         self._policy = policy or ChunkPolicy()
         self._bytes_per_ms = play_rate * 2 / 1000.0
@@ -69,7 +72,6 @@ class FilePlayout:
         self._heard: dict[str, float] = {}
         self._received_ms: dict[str, float] = {}
         self.files: list[str] = []
-        self.first_chunk_sent_at: float | None = None
 
     # --- state --------------------------------------------------------------------------
 
@@ -96,8 +98,11 @@ class FilePlayout:
 
     @property
     def next_deadline(self) -> float | None:
-        """When buffered audio must be cut into a chunk so the queue does not run dry."""
-        if not self._ready or not self._pending:
+        """When buffered audio must be cut into a chunk so the queue does not run dry.
+
+        None before the first chunk of a response: that one waits for ``first_ms`` of audio
+        (or the end of the item), since nothing is playing that could run dry."""
+        if not self._ready or not self._pending or self._last_chunk_ms is None:
             return None
         return self._run_out_at - self._policy.starvation_margin_ms / 1000.0
 
@@ -156,17 +161,17 @@ class FilePlayout:
         chunk.state = READY
         return [EslExecute("playback", file, app_uuid=chunk.app_uuid, event_lock=True)]
 
-    def on_execute_started(self, app_uuid: str, now: float) -> bool:
-        """CHANNEL_EXECUTE; returns whether it was one of ours."""
+    def on_execute_started(self, app_uuid: str, now: float) -> str | None:
+        """CHANNEL_EXECUTE; returns the item id if the playback was one of ours."""
         chunk = self._by_app_uuid.get(app_uuid)
         if chunk is None:
-            return False
+            return None
         if chunk.state in (SENT, READY):
             chunk.state = PLAYING
             chunk.started_at = now
             later = sum(c.duration_ms for c in self._chunks.values() if c.seq > chunk.seq and c.state in (SENT, READY))
             self._run_out_at = max(self._run_out_at, now + (chunk.duration_ms + later) / 1000.0)
-        return True
+        return chunk.item_id
 
     def on_execute_completed(self, app_uuid: str, playback_ms: int | None, now: float) -> bool:
         """CHANNEL_EXECUTE_COMPLETE; returns whether it was one of ours."""
@@ -224,7 +229,7 @@ class FilePlayout:
                 break
             cmds += self._cut(now, target)
         deadline = self.next_deadline
-        if deadline is not None and now >= deadline and self._run_out_at > 0:
+        if deadline is not None and now >= deadline:
             cmds += self._cut(now)
         return cmds
 
@@ -240,10 +245,10 @@ class FilePlayout:
         chunk = Chunk(self._seq, self._pending_item, duration_ms, f"callbot-{self._uuid[:8]}-{self._seq}")
         self._chunks[chunk.seq] = chunk
         self._by_app_uuid[chunk.app_uuid] = chunk
+        if self._last_chunk_ms is None and self._on_first_chunk is not None:
+            self._on_first_chunk(chunk.item_id, now)
         self._last_chunk_ms = int(duration_ms)
         self._run_out_at = max(self._run_out_at, now) + duration_ms / 1000.0 + BOUNDARY_S
-        if self.first_chunk_sent_at is None:
-            self.first_chunk_sent_at = now
         return [SendMediaText(self._stream_audio(pcm, chunk.seq))]
 
     def _stream_audio(self, pcm: bytes, seq: int) -> str:

@@ -69,6 +69,7 @@ class CallRunner:
         self._media: MediaRegistration | None = None
         self._uplink: Uplink | None = None
         self._uplink_on = False
+        self._media_generation = 0
         self._local: deque[ev.Event] = deque()
         self._stuck = False
 
@@ -134,22 +135,12 @@ class CallRunner:
     def _on_esl_closed(self, reason: str) -> None:
         self._post(ev.EslClosed(reason))
 
-    # MediaSink (called from the media connection's greenlet)
-    def on_media_connected(self) -> None:
-        self._post(ev.MediaConnected())
-
     def on_media_frame(self, frame: bytes | bytearray) -> None:
         """HOT PATH: one caller frame -> (maybe) one append to the model."""
         if self._uplink_on:
             text = self._uplink.feed(frame)  # type: ignore[union-attr]
             if text is not None:
                 self._model.send_text(text)  # type: ignore[union-attr]
-
-    def on_media_text(self, text: str) -> None:
-        pass  # the module's metadata: callbot sends none it needs back
-
-    def on_media_closed(self, reason: str) -> None:
-        self._post(ev.MediaClosed(reason))
 
     # --- commands --------------------------------------------------------------------------
 
@@ -174,7 +165,8 @@ class CallRunner:
     def _start_media(self, c: cmd.StartMediaStream) -> None:
         if self._media is not None:
             self._media.unregister()
-        self._media = self.endpoint.register(self.uuid, self)
+        self._media_generation += 1
+        self._media = self.endpoint.register(self.uuid, _MediaSink(self, self._media_generation))
         rate = {8000: "8k", 16000: "16k"}.get(c.rate, str(c.rate))
         reply = self._esl().api(f"uuid_audio_stream {self.uuid} start {self._media.url} mono {rate}")
         self._local.append(ev.ApiReply("media.start", reply.startswith("+OK"), reply))
@@ -266,6 +258,34 @@ class CallRunner:
             self._session.close()
         else:
             self._sock.close()
+
+
+class _MediaSink:
+    """The media endpoint's view of one registration of a call (a restart makes a new one).
+
+    Connect/close notices of a registration that is no longer current are dropped: the old
+    connection's close may arrive after the new one connected."""
+
+    __slots__ = ("_runner", "_generation", "on_media_frame")
+
+    def __init__(self, runner: CallRunner, generation: int) -> None:
+        self._runner = runner
+        self._generation = generation
+        self.on_media_frame = runner.on_media_frame  # HOT PATH: bound once, no indirection per frame
+
+    def _current(self) -> bool:
+        return self._generation == self._runner._media_generation
+
+    def on_media_connected(self) -> None:
+        if self._current():
+            self._runner._post(ev.MediaConnected())
+
+    def on_media_text(self, text: str) -> None:
+        pass  # the module's metadata: callbot sends none it needs back
+
+    def on_media_closed(self, reason: str) -> None:
+        if self._current():
+            self._runner._post(ev.MediaClosed(reason))
 
 
 _PERFORMERS: dict[type, Callable[[CallRunner, Any], None]] = {

@@ -35,7 +35,8 @@ class CallbotServer:
 
     def __init__(self, config: AppConfig, *, model_url: str | None = None, max_calls: int = MAX_CALLS) -> None:
         self.config = config
-        self.endpoint = MediaEndpoint((config.media.listen.host, config.media.listen.port), config.media.url)
+        self.endpoint = MediaEndpoint((config.media.listen.host, config.media.listen.port),
+                                      config.media.url or None)
         self.calls: set[CallRunner] = set()
         self.finished: list[CallRunner] = []
         self._model_url = model_url
