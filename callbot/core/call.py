@@ -19,6 +19,7 @@ from ..audio.downlink import Downlink
 from ..records import CallRecord
 from . import events as ev
 from .barge_in import BargeIn
+from .call_control import Action, CallControl
 from .chunking import ChunkPolicy
 from .commands import (Command, CloseModel, ConnectModel, EndCall, EslExecute, EslHangup, SendModel, SetUplink,
                        StartMediaStream, StopMediaStream, WriteRecord)
@@ -26,6 +27,7 @@ from .conversation import Conversation
 from .playout import FilePlayout
 from .routing import select_persona
 from .session_config import greeting_response, server_interrupts, session_update
+from .tools import BuiltinCall, ToolCalls
 
 if TYPE_CHECKING:
     from ..config import AppConfig
@@ -54,6 +56,7 @@ class CallCore:
         self.persona: Persona | None = None
         self.record = CallRecord(call_uuid="")
         self.conversation: Conversation | None = None
+        self.control: CallControl | None = None
         self._chunk_policy = chunk_policy
         self._answer_uuid: str | None = None
         self._answered = False
@@ -83,6 +86,8 @@ class CallCore:
             ev.ModelConnectFailed: self._on_model_connect_failed,
             ev.ModelClosed: self._on_model_closed,
             ev.ModelEvent: self._on_model_event,
+            ev.ToolResult: self._on_tool_result,
+            ev.TransferRequested: self._on_transfer_requested,
             ev.Tick: self._on_tick,
             ev.HangupRequested: self._on_hangup_requested,
         }
@@ -93,14 +98,17 @@ class CallCore:
         """Take one event; return the commands to perform, in order."""
         if self.phase == ENDED:
             return []
-        return self._handlers[type(event)](event, now)
+        cmds = self._handlers[type(event)](event, now)
+        if self.phase == ACTIVE and self.control is not None:
+            cmds += self._after(now)
+        return cmds
 
     @property
     def next_deadline(self) -> float | None:
         """The monotonic time at which ``Tick`` must be delivered, or None."""
         deadlines = [self._end_by]
-        if self.conversation is not None and self.phase == ACTIVE:
-            deadlines.append(self.conversation.next_deadline)
+        if self.conversation is not None and self.control is not None and self.phase == ACTIVE:
+            deadlines += [self.conversation.next_deadline, self.control.next_deadline]
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
@@ -123,6 +131,7 @@ class CallCore:
         self.record.persona, self.record.route = persona.name, decision.rule
         log.info("call %s from %s to %s: persona %s (%s)", info.uuid, info.caller, info.destination,
                  persona.name, decision.rule)
+        self.control = CallControl(persona, now)
         self.conversation = self._new_conversation(persona, info.uuid, now)
         self.phase = ACTIVE
         cmds: list[Command] = [ConnectModel()]
@@ -140,7 +149,8 @@ class CallCore:
         playout = FilePlayout(uuid, downlink.play_rate, self._chunk_policy,
                               on_first_chunk=lambda item, t: self._add(t, "bot.first_chunk_sent", item_id=item))
         barge_in = BargeIn(persona.barge_in, persona.min_interrupt_ms, server_interrupts(persona))
-        return Conversation(playout, downlink, barge_in, self.record, self.t0, self._on_model_fatal)
+        return Conversation(playout, downlink, barge_in, self.record, self.t0, self._on_model_fatal,
+                            ToolCalls(persona), self._on_builtin)
 
     def _on_answered(self, event: ev.ChannelAnswered, now: float) -> list[Command]:
         if self._answered or self.phase != ACTIVE:
@@ -171,8 +181,16 @@ class CallCore:
         return []
 
     def _on_dtmf(self, event: ev.Dtmf, now: float) -> list[Command]:
-        self._add(now, "dtmf", digit=event.digit, duration_ms=event.duration_ms)
-        return []
+        if self.phase != ACTIVE or self.control is None or self.conversation is None:
+            return []
+        action = self.control.on_dtmf(event.digit)
+        self._add(now, "dtmf", digit=event.digit, duration_ms=event.duration_ms,
+                  handled="persona" if action else "model")
+        self.control.on_caller_activity(now)
+        if action is not None:
+            return self.conversation.stop_audio(now) + self._perform(action, now)
+        return self.conversation.send_text_turn(f"The caller pressed the key {event.digit} on their phone keypad.",
+                                                now)
 
     # --- media stream ----------------------------------------------------------------------
 
@@ -230,8 +248,8 @@ class CallCore:
         self._add(now, "model.connected")
         cmds: list[Command] = [SendModel(session_update(self.persona, self.config.realtime.audio_format)),
                                SetUplink(True)]
-        if self.persona.greeting:
-            cmds.append(SendModel(greeting_response(self.persona)))
+        if self.persona.greeting and self.conversation is not None:
+            cmds += self.conversation.request(greeting_response(self.persona))
             self._add(now, "greeting.requested")
         return cmds
 
@@ -255,9 +273,55 @@ class CallCore:
         return cmds + self._begin_end(now, "bot", MODEL_FAILURE_CAUSE, reason, hangup=True)
 
     def _on_model_event(self, event: ev.ModelEvent, now: float) -> list[Command]:
+        if self.conversation is None or self.control is None or self.phase != ACTIVE:
+            return []
+        if event.type in ("input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped"):
+            self.control.on_caller_activity(now)
+        return self.conversation.on_model_event(event.data, now)
+
+    # --- tools and call control ----------------------------------------------------------------
+
+    def _on_builtin(self, call: BuiltinCall, now: float) -> tuple[str, bool]:
+        assert self.control is not None
+        return self.control.on_builtin(call, now)
+
+    def _on_tool_result(self, event: ev.ToolResult, now: float) -> list[Command]:
         if self.conversation is None or self.phase != ACTIVE:
             return []
-        return self.conversation.on_model_event(event.data, now)
+        return self.conversation.on_tool_result(event.call_id, event.name, event.output, event.ok,
+                                                event.duration_ms, now)
+
+    def _on_transfer_requested(self, event: ev.TransferRequested, now: float) -> list[Command]:
+        if self.control is None or self.phase != ACTIVE:
+            return []
+        target = self.control.target(event.target)
+        if target is None:
+            log.warning("call %s: a tool asked for unknown transfer target %r: refused", self._uuid, event.target)
+            self._add(now, "transfer.refused", target=event.target)
+            return []
+        self.control.arm(Action("transfer", f"transferred to {event.target}", target), now)
+        return []
+
+    def _after(self, now: float) -> list[Command]:
+        """After every event: note the end of the greeting; run an armed action once quiet."""
+        control, conv = self.control, self.conversation
+        assert control is not None and conv is not None
+        quiet = conv.quiet
+        if not control.greeting_heard and conv.responses_done > 0 and quiet:
+            control.greeting_heard = True
+        action = control.due_action(quiet, now)
+        return self._perform(action, now) if action is not None else []
+
+    def _perform(self, action: Action, now: float) -> list[Command]:
+        """Run a call-control action: hang up, or hand the call to a listed target."""
+        if action.kind == "hangup":
+            return self._begin_end(now, "bot", action.cause, action.reason, hangup=True)
+        target = action.target
+        assert target is not None
+        app, arg = ("transfer", target.extension) if target.extension else ("bridge", target.dial)
+        self._add(now, "call.transfer", target=target.name, app=app, arg=arg)
+        cmds = self._begin_end(now, "bot", "", action.reason, hangup=False)
+        return cmds + [EslExecute(app, arg, app_uuid=f"callbot-{self._uuid[:8]}-{app}")]
 
     # --- time ------------------------------------------------------------------------------
 
@@ -266,13 +330,21 @@ class CallCore:
             if self.phase == ACTIVE:  # FreeSWITCH never confirmed our hangup
                 return self._finish(now, "hangup not confirmed")
             return self._finish(now, self.record.end_reason or "ended")
-        if self.phase == ACTIVE and self.conversation is not None:
-            return self.conversation.on_tick(now)
-        return []
+        if self.phase != ACTIVE or self.conversation is None or self.control is None:
+            return []
+        cmds = self.conversation.on_tick(now)
+        instructions = self.control.on_tick(self.conversation.quiet, now)
+        if instructions is not None:
+            self._add(now, "call_control.prompt", instructions=instructions[:80])
+            cmds += self.conversation.request_response(now, instructions)
+        return cmds
 
     # --- ending ----------------------------------------------------------------------------
 
     def _on_hangup_requested(self, event: ev.HangupRequested, now: float) -> list[Command]:
+        if event.after_speech and self.control is not None and self.phase == ACTIVE:
+            self.control.arm(Action("hangup", event.reason, cause=event.cause), now)
+            return []
         return self._begin_end(now, "system", event.cause, event.reason, hangup=True)
 
     def _on_hangup(self, event: ev.ChannelHangup, now: float) -> list[Command]:

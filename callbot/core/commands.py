@@ -92,6 +92,19 @@ class SetUplink:
     enabled: bool
 
 
+# --- tools ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class RunTool:
+    """Run the persona's handler for ``name`` with ``arguments`` (already parsed and checked
+    against the tool's schema), bounded by ``timeout_s``. Answered by ``ToolResult``."""
+
+    call_id: str
+    name: str
+    arguments: Mapping[str, Any]
+    timeout_s: float
+
+
 # --- bookkeeping -----------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -110,5 +123,5 @@ class EndCall:
 
 Command = Union[
     EslExecute, EslApi, EslHangup, StartMediaStream, StopMediaStream, SendMediaText,
-    ConnectModel, SendModel, CloseModel, SetUplink, WriteRecord, EndCall,
+    ConnectModel, SendModel, CloseModel, SetUplink, RunTool, WriteRecord, EndCall,
 ]

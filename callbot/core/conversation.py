@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import binascii
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from ..audio.downlink import Downlink
 from ..records import CallRecord
 from .barge_in import BargeIn
-from .commands import Command
+from .commands import Command, SendModel
 from .playout import FilePlayout
+from .tools import BuiltinCall, ToolCalls
 
 log = logging.getLogger(__name__)
 
 FATAL_ERROR_CODES = frozenset({"invalid_api_key", "beta_api_shape_disabled", "session_expired"})
 HARMLESS_ERROR_CODES = frozenset({"response_cancel_not_active"})
+BUSY_ERROR_CODE = "conversation_already_has_active_response"
 
 
 @dataclass(slots=True)
@@ -37,7 +40,13 @@ class Conversation:
     """Model-event handling for one call. ``t0`` is the call's start on the ``now`` clock."""
 
     def __init__(self, playout: FilePlayout, downlink: Downlink, barge_in: BargeIn, record: CallRecord,
-                 t0: float, on_fatal: Callable[[str, float], list[Command]]) -> None:
+                 t0: float, on_fatal: Callable[[str, float], list[Command]], tools: ToolCalls,
+                 on_builtin: Callable[[BuiltinCall, float], tuple[str, bool]]) -> None:
+        self.tools = tools
+        self._on_builtin = on_builtin
+        self._requested: dict[str, Any] | None = None
+        self._wanted: deque[dict[str, Any]] = deque()
+        self.responses_done = 0
         self.playout = playout
         self.downlink = downlink
         self.barge_in = barge_in
@@ -57,6 +66,7 @@ class Conversation:
             "response.created": self._on_response_created,
             "response.done": self._on_response_done,
             "response.output_audio_transcript.done": self._on_bot_transcript,
+            "response.output_item.done": self._on_output_item_done,
             "conversation.item.input_audio_transcription.completed": self._on_caller_transcript,
             "conversation.item.truncated": self._on_truncated,
             "session.updated": self._on_session_updated,
@@ -82,6 +92,49 @@ class Conversation:
         if self.barge_in.due(now) and self.playout.audible:
             cmds += self._interrupt(now)
         return cmds
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing active, requested, running or left to play: the bot has finished."""
+        return (self.active_response is None and self._requested is None and not self._wanted
+                and not self.tools.running and not self.playout.audible)
+
+    def request_response(self, now: float, instructions: str | None = None, purpose: str | None = None) -> list[Command]:
+        """Ask for a model response; sent at once if none is active, else when the active one is done."""
+        event: dict[str, Any] = {"type": "response.create"}
+        if instructions:
+            event["response"] = {"instructions": instructions}
+        if purpose:
+            event.setdefault("response", {})["metadata"] = {"purpose": purpose}
+        return self.request(event)
+
+    def request(self, event: dict[str, Any]) -> list[Command]:
+        """Queue one ``response.create`` event through the gate."""
+        self._wanted.append(event)
+        return self._next_request()
+
+    def send_text_turn(self, text: str, now: float) -> list[Command]:
+        """A user-side text item (e.g. a DTMF key) and a response to it."""
+        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+        return [SendModel({"type": "conversation.item.create", "item": item})] + self.request_response(now)
+
+    def on_tool_result(self, call_id: str, name: str, output: str, ok: bool, duration_ms: float,
+                       now: float) -> list[Command]:
+        """A handler finished: record it; answer the model once the whole response's calls are in."""
+        self.tools.resolve(call_id, output, ok)
+        self._add(now, "tool.call", call_id=call_id, name=name, ok=ok, duration_ms=round(duration_ms, 1),
+                  output=output[:500])
+        return self._send_tool_outputs(now)
+
+    def _next_request(self) -> list[Command]:
+        if self.active_response is not None or self._requested is not None or not self._wanted:
+            return []
+        self._requested = self._wanted.popleft()
+        return [SendModel(self._requested)]
+
+    def _send_tool_outputs(self, now: float) -> list[Command]:
+        outputs, follow_up = self.tools.ready_outputs()
+        return outputs + self.request_response(now) if follow_up else outputs
 
     @property
     def next_deadline(self) -> float | None:
@@ -143,6 +196,7 @@ class Conversation:
     def _on_response_created(self, data: Mapping[str, Any], now: float) -> list[Command]:
         response_id = data["response"]["id"]
         self.active_response = response_id
+        self._requested = None
         self.responses[response_id] = ResponseState(response_id, now)
         self._add(now, "response.created", response_id=response_id)
         return []
@@ -157,7 +211,27 @@ class Conversation:
         self._add(now, "response.done", response_id=response_id, status=response.get("status"),
                   reason=details.get("reason"))
         self.responses.pop(response_id, None)
-        return []
+        self.responses_done += 1
+        self.tools.on_response_done(response_id)
+        return self._send_tool_outputs(now) + self._next_request()
+
+    def _on_output_item_done(self, data: Mapping[str, Any], now: float) -> list[Command]:
+        item = data["item"]
+        if item.get("type") != "function_call" or item.get("status") != "completed":
+            return []
+        state = self.responses.get(data.get("response_id", ""))
+        if state is not None and state.cancelled:
+            return []
+        cmds, builtin, failure = self.tools.on_function_call(item, data.get("response_id", ""), now)
+        if failure is not None:
+            self._add(now, "tool.call", ok=False, **failure)
+        if builtin is not None:
+            output, ok = self._on_builtin(builtin, now)
+            spoke = state is not None and state.first_delta_at is not None
+            self.tools.resolve(builtin.call_id, output, ok, follow_up=not (ok and spoke and builtin.name == "end_call"))
+            self._add(now, "tool.call", call_id=builtin.call_id, name=builtin.name, ok=ok,
+                      arguments=dict(builtin.arguments), output=output[:500], duration_ms=0.0)
+        return cmds
 
     # --- transcripts, errors --------------------------------------------------------------------
 
@@ -181,6 +255,10 @@ class Conversation:
         error = data.get("error") or {}
         code = error.get("code")
         if code in HARMLESS_ERROR_CODES:
+            return []
+        if code == BUSY_ERROR_CODE and self._requested is not None:
+            self._wanted.appendleft(self._requested)  # a VAD response won the race: ask again after it
+            self._requested = None
             return []
         message = str(error.get("message", ""))[:300]
         self._add(now, "model.error", code=code, message=message)

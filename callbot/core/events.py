@@ -170,6 +170,26 @@ class ModelEvent:
         return self.data.get("type", "")  # type: ignore[no-any-return]
 
 
+# --- tools ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """A tool handler finished (or failed, or timed out). ``output`` is what the model gets."""
+
+    call_id: str
+    name: str
+    output: str
+    ok: bool
+    duration_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRequested:
+    """A tool handler asked for a transfer to one of the persona's named targets."""
+
+    target: str
+
+
 # --- time and control ----------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -179,15 +199,17 @@ class Tick:
 
 @dataclass(frozen=True, slots=True)
 class HangupRequested:
-    """Something outside the conversation (shutdown, an operator) wants the call to end."""
+    """Something outside the conversation wants the call to end: at once (shutdown, an operator)
+    or, with ``after_speech``, once the bot has finished speaking (a tool handler)."""
 
     cause: str = "NORMAL_CLEARING"
     reason: str = "requested"
+    after_speech: bool = False
 
 
 Event = Union[
     CallStarted, ChannelAnswered, ExecuteStarted, ExecuteCompleted, ChannelHangup,
     ChannelHangupComplete, Dtmf, EslClosed, ApiReply, StreamConnected, StreamDisconnected,
     StreamError, PlayReady, MediaConnected, MediaClosed, ModelConnected, ModelConnectFailed,
-    ModelClosed, ModelEvent, Tick, HangupRequested,
+    ModelClosed, ModelEvent, ToolResult, TransferRequested, Tick, HangupRequested,
 ]

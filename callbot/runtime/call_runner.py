@@ -30,6 +30,7 @@ from ..esl.session import EslSession, EslTimeout
 from ..esl.translate import CUSTOM_SUBCLASSES, call_info, to_core_event
 from ..model.client import ModelConnectError, RealtimeClient, realtime_url
 from ..records import write_record
+from .tool_runner import CallContext, ToolRunner
 
 if TYPE_CHECKING:
     from ..config import AppConfig
@@ -70,6 +71,7 @@ class CallRunner:
         self._uplink: Uplink | None = None
         self._uplink_on = False
         self._media_generation = 0
+        self._tools: ToolRunner | None = None
         self._local: deque[ev.Event] = deque()
         self._stuck = False
 
@@ -223,6 +225,15 @@ class CallRunner:
             self._uplink = Uplink(self.config.media.rate, self.config.realtime.audio_format)
         self._uplink_on = c.enabled and self._model is not None
 
+    def _run_tool(self, c: cmd.RunTool) -> None:
+        if self._tools is None:
+            info, persona = self.core.info, self.core.persona
+            assert info is not None and persona is not None
+            context = CallContext(info.uuid, info.caller, info.destination, info.variables, persona.name, self._post)
+            handlers = {t.name: t.func for t in persona.tools if t.func is not None}
+            self._tools = ToolRunner(context, handlers, self._post, self.clock)
+        self._tools.start(c.call_id, c.name, c.arguments, c.timeout_s)
+
     def _write_record(self, c: cmd.WriteRecord) -> None:
         try:
             self.record_path = write_record(c.record, self.config.records_dir)
@@ -252,6 +263,8 @@ class CallRunner:
 
     def _release(self) -> None:
         self._uplink_on = False
+        if self._tools is not None:
+            self._tools.stop()
         self._close_model(cmd.CloseModel(1000, "call ended"))
         self._unregister_media()
         if self._session is not None:
@@ -299,6 +312,7 @@ _PERFORMERS: dict[type, Callable[[CallRunner, Any], None]] = {
     cmd.SendModel: CallRunner._send_model,
     cmd.CloseModel: CallRunner._close_model,
     cmd.SetUplink: CallRunner._set_uplink,
+    cmd.RunTool: CallRunner._run_tool,
     cmd.WriteRecord: CallRunner._write_record,
     cmd.EndCall: CallRunner._end_call,
 }
