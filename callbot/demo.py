@@ -15,7 +15,7 @@ from .records import CallRecord
 from .testing import signals
 from .testing.fake_media import CallerAudio
 from .testing.harness import DEFAULT_PERSONA, CallbotHarness
-from .testing.realtime_script import RealtimeScript, ScriptedResponse
+from .testing.realtime_script import RealtimeScript, ScriptedResponse, ScriptedToolCall
 
 CHANNEL_RATE = 8000
 GREETING = DEFAULT_PERSONA["greeting"]
@@ -23,21 +23,25 @@ ANSWER = ("Order 4 2 7 9 1 shipped yesterday from our warehouse in Leeds. It is 
           "and it should reach you on Thursday between nine and noon. You will get a text message "
           "with a tracking link as soon as the driver is on the way, and you can change the delivery "
           "slot from that message if Thursday does not suit you.")
-HUMAN = "Of course. I am transferring you to a colleague now."
+CHECKING = "Let me check that for you."
+GOODBYE = "Of course. A colleague will call you back today. Thank you for calling Acme, goodbye!"
 
 
 def _script() -> RealtimeScript:
+    lookup = ScriptedToolCall("lookup_order", {"order_number": "42791"})
     return RealtimeScript(
-        responses=[ScriptedResponse(GREETING, audio_ms=3000), ScriptedResponse(ANSWER, audio_ms=9000),
-                   ScriptedResponse(HUMAN, audio_ms=2200)],
+        responses=[ScriptedResponse(GREETING, audio_ms=3000),
+                   ScriptedResponse(CHECKING, audio_ms=1200, tool_calls=[lookup]),
+                   ScriptedResponse(ANSWER, audio_ms=9000),
+                   ScriptedResponse(GOODBYE, audio_ms=3000, tool_calls=[ScriptedToolCall("end_call", {})])],
         user_transcripts=["Hi there. I would like to check the status of my order, please. It's 42791.",
                           "Wait, wait. Actually, can I talk to a real person instead?"])
 
 
 def _caller() -> CallerAudio:
     return CallerAudio(segments=[(4.0, signals.speechlike(1800, CHANNEL_RATE, seed=1), CHANNEL_RATE),
-                                 (9.5, signals.speechlike(1600, CHANNEL_RATE, seed=2), CHANNEL_RATE)],
-                       hangup_at_s=15.5)
+                                 (11.0, signals.speechlike(1600, CHANNEL_RATE, seed=2), CHANNEL_RATE)],
+                       hangup_at_s=30.0)
 
 
 def main(args: argparse.Namespace | None = None) -> int:
@@ -77,6 +81,8 @@ _LABELS = {
     "caller.speech_started": "caller starts speaking (model VAD)",
     "caller.speech_stopped": "caller stops speaking",
     "barge_in": "BARGE-IN: uuid_break + truncate at {heard_ms} ms heard + cancel={cancel_sent}",
+    "tool.call": "tool {name}: ok={ok} in {duration_ms} ms -> {output}",
+    "call.ending": "callbot ends the call: {reason} ({side})",
     "response.done": "response done: {status} {reason}",
     "call.hangup": "hangup: {cause}",
     "call.ended": "call released ({reason})",
@@ -118,7 +124,13 @@ def print_latencies(record: CallRecord, model_ttfb_s: float) -> None:
     for barge in (e for e in record.entries if e["kind"] == "barge_in"):
         started = max((e["t"] for e in record.entries
                        if e["kind"] == "caller.speech_started" and e["t"] <= barge["t"]), default=barge["t"])
-        print(f"  speech_started -> break/truncate/cancel sent {(barge['t'] - started) * 1000:5.1f} ms")
+        print(f"  speech_started -> break/truncate/cancel decided {(barge['t'] - started) * 1000:5.1f} ms "
+              f"(same event; bench/ measures the wire)")
+    for tool in (e for e in record.entries if e["kind"] == "tool.call" and e.get("name") != "end_call"):
+        answer = t("response.created", tool["t"])
+        if answer is not None:
+            print(f"  tool {tool['name']}: handler {tool['duration_ms']:.1f} ms, result -> next response "
+                  f"{(answer - tool['t']) * 1000:.0f} ms")
 
 
 class _Blank(dict):  # type: ignore[type-arg]

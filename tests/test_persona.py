@@ -34,7 +34,12 @@ def test_shipped_ava() -> None:
     assert "Acme" in ava.instructions and not ava.instructions.endswith("\n")
     assert ava.turn_detection.type == "server_vad"
     assert ava.transcription == Transcription(model="gpt-4o-mini-transcribe", language="en")
-    assert ava.barge_in and ava.tools == () and ava.dtmf == {}
+    assert ava.barge_in
+    assert [t.name for t in ava.tools] == ["lookup_order", "end_call", "transfer"]
+    assert set(ava.tool("transfer").targets) == {"human", "sales"}  # the only numbers the bot can reach
+    assert ava.dtmf["0"].transfer == "human"
+    shipped = load_persona(REPO / "config" / "personas" / "ava.yaml", import_handlers=True)
+    assert shipped.tool("lookup_order").func is not None  # the example handler imports
 
 
 def test_minimal_persona_defaults(tmp_path: Path) -> None:

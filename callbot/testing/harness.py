@@ -41,6 +41,13 @@ DEFAULT_PERSONA: dict[str, Any] = {
     "greeting": "Thank you for calling Acme. This is Ava, your virtual assistant. How can I help you today?",
     "turn_detection": {"type": "server_vad", "silence_duration_ms": 400},
     "transcription": {"model": "gpt-4o-mini-transcribe", "language": "en"},
+    "tools": [
+        {"name": "lookup_order", "description": "Look up the status of a customer's order by its order number.",
+         "parameters": {"type": "object", "properties": {"order_number": {"type": "string"}},
+                        "required": ["order_number"]},
+         "handler": "callbot.examples.acme_orders:lookup_order", "timeout_s": 5},
+        {"builtin": "end_call"},
+    ],
 }
 
 

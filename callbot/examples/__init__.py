@@ -1,0 +1,1 @@
+"""Example tool handlers used by the shipped persona and by ``callbot demo``."""
