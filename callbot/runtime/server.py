@@ -19,6 +19,7 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from ..media.endpoint import MediaEndpoint
+from ..media.websocket_fixes import set_nodelay
 from .call_runner import CallRunner
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class CallbotServer:
         self._keep_finished = True
 
     def _handle(self, sock: socket.socket, address: Any) -> None:
+        set_nodelay(sock)  # uuid_break and playback commands must not wait behind an unacked write
         runner = CallRunner(self.config, self.endpoint, sock, address, model_url=self._model_url)
         self.calls.add(runner)
         try:
