@@ -753,3 +753,125 @@ def test_hangup_without_stop_closes_the_stream_and_deletes_files(listener: gsock
     assert ws.until_closed() == [("close", 1000, "Normal closure")] and not os.path.exists(path)
     app.wait_event(lambda m: m.ctype == "text/disconnect-notice")
     assert not [m for m in app.received if m.get("Event-Subclass") == "mod_audio_stream::disconnect"]
+
+
+# --- transfer and bridge --------------------------------------------------------------------------
+
+def _trail(app: EslApp, after: str) -> list[tuple[str | None, str | None]]:
+    """(Event-Name, Application) of every event received after the first CHANNEL_EXECUTE of ``after``."""
+    events = [(m.get("Event-Name"), m.get("Application")) for m in app.received if m.get("Event-Name")]
+    return events[events.index(("CHANNEL_EXECUTE", after)):]
+
+
+def test_transfer_leaves_the_socket_app_but_the_socket_stays_open(tmp_path: Path, listener: gsocket.socket,
+                                                                   make_fs: Callable[..., FakeFreeSwitch]) -> None:
+    """FreeSWITCH's async listener outlives the socket app: the app keeps the channel's events."""
+    call, app = start(make_fs(transfer_hangup_after_s=None), listener)
+    app.session()
+    app.execute("transfer", "1000 XML agents", app_uuid="T")
+    done = app.wait_event(complete("transfer", "T"))
+    assert (done.get("Caller-Destination-Number"), done.get("Caller-RDNIS")) == ("1000", "9999")
+    assert (done.get("Caller-Context"), done.get("Caller-Profile-Index")) == ("agents", "2")
+    routed = app.wait_event(lambda m: m.get("Channel-State") == "CS_EXECUTE" and event("CHANNEL_STATE")(m))
+    assert _trail(app, "transfer") == [
+        ("CHANNEL_EXECUTE", "transfer"), ("CHANNEL_EXECUTE_COMPLETE", "transfer"), ("CHANNEL_UNPARK", None),
+        ("CHANNEL_EXECUTE_COMPLETE", "socket"), ("CHANNEL_STATE", None), ("CHANNEL_STATE", None)]
+    assert routed.get("Channel-Call-State") == "ACTIVE"
+    assert call.transferred_to == "1000" and not call.ended.is_set()
+    assert app.api(f"uuid_getvar {call.uuid} max_forwards") == "70"
+    assert app.api(f"uuid_getvar {call.uuid} transfer_source").endswith(":bl_xfer:1000/agents/XML")
+    assert not call.esl_closed.is_set()
+    app.execute("playback", write_raw(tmp_path / "late.r8", tone(440, 0.3, 8000)), app_uuid="LATE")
+    app.sock.close()  # closing the socket now does not end the call either
+    assert call.esl_closed.wait(2) and not call.wait_ended(0.5)
+    call.caller_hangup()
+    assert call.wait_ended(2) and call.hangup_cause == "NORMAL_CLEARING"
+    assert not tone_spans(call.heard_pcm(), 8000, (440,))  # the caller heard nothing more from the app
+    kinds = [e.kind for e in call.timeline]
+    assert "transfer.target" in kinds and "LATE" not in str([e for e in call.timeline if e.kind == "app.execute"])
+
+
+def test_transferred_call_ends_after_the_target_with_the_usual_linger(listener: gsocket.socket,
+                                                                       make_fs: Callable[..., FakeFreeSwitch]) -> None:
+    call, app = start(make_fs(transfer_hangup_after_s=0.2), listener)
+    app.session(linger="linger 5")
+    app.execute("transfer", "operator")
+    hangup = app.wait_event(event("CHANNEL_HANGUP"), timeout=3)
+    assert hangup.get("Hangup-Cause") == "NORMAL_CLEARING" and hangup.get("Caller-Destination-Number") == "operator"
+    app.wait_event(lambda m: m.ctype == "text/disconnect-notice" and m.headers["Content-Disposition"] == "linger")
+    app.wait_event(lambda m: m.ctype == "text/disconnect-notice" and m.headers["Content-Disposition"] == "disconnect")
+    with pytest.raises(EOFError):
+        app.read(timeout=2.0)
+    after = _trail(app, "transfer")
+    assert after[-4:] == [("CHANNEL_HANGUP", None), ("CHANNEL_STATE", None), ("CHANNEL_STATE", None),
+                          ("CHANNEL_HANGUP_COMPLETE", None)]
+    assert after.count(("CHANNEL_UNPARK", None)) == 1 and call.transferred_to == "operator"
+
+
+def test_transfer_loop_protection(listener: gsocket.socket, make_fs: Callable[..., FakeFreeSwitch]) -> None:
+    call, app = start(make_fs(), listener, variables={"max_forwards": "1"})
+    app.session()
+    app.execute("transfer", "1000")
+    assert app.wait_event(event("CHANNEL_HANGUP")).get("Hangup-Cause") == "EXCHANGE_ROUTING_ERROR"
+    assert call.wait_ended(2) and call.transferred_to is None
+
+
+def test_bridge_then_back_to_the_app(listener: gsocket.socket, make_fs: Callable[..., FakeFreeSwitch]) -> None:
+    """Without hangup_after_bridge the channel returns to the socket app when the far end hangs up."""
+    call, app = start(make_fs(bridge_duration_s=0.3), listener)
+    app.session(answer=False)
+    app.execute("bridge", "{origination_caller_id_number=1000}sofia/gateway/pbx/200", app_uuid="B")
+    bridged = app.wait_event(event("CHANNEL_BRIDGE"))
+    keys = [k for k, _ in bridged.event]
+    assert bridged.get("Bridge-A-Unique-ID") == call.uuid and keys.index("Bridge-B-Unique-ID") < keys.index("Unique-ID")
+    assert app.wait_event(complete("bridge", "B"), timeout=3).get("Application-Response") == "_none_"
+    assert _trail(app, "bridge") == [("CHANNEL_EXECUTE", "bridge"), ("CHANNEL_ANSWER", None),
+                                     ("CHANNEL_BRIDGE", None), ("CHANNEL_UNBRIDGE", None),
+                                     ("CHANNEL_EXECUTE_COMPLETE", "bridge")]
+    assert call.bridged_to == "{origination_caller_id_number=1000}sofia/gateway/pbx/200"
+    assert app.api(f"uuid_getvar {call.uuid} bridge_hangup_cause") == "NORMAL_CLEARING"
+    assert not call.wait_ended(0.3) and not call.esl_closed.is_set()
+    app.command("sendmsg\ncall-command: hangup\nhangup-cause: NORMAL_CLEARING\n\n")
+    assert call.wait_ended(2) and call.hangup_cause == "NORMAL_CLEARING"
+
+
+def test_bridge_with_hangup_after_bridge_hangs_up(listener: gsocket.socket,
+                                                  make_fs: Callable[..., FakeFreeSwitch]) -> None:
+    call, app = start(make_fs(bridge_duration_s=0.3), listener)
+    app.session()
+    app.execute("set", "hangup_after_bridge=true")
+    app.execute("bridge", "loopback/200", app_uuid="B")
+    app.wait_event(event("CHANNEL_HANGUP_COMPLETE"), timeout=3)
+    assert _trail(app, "bridge") == [
+        ("CHANNEL_EXECUTE", "bridge"), ("CHANNEL_BRIDGE", None), ("CHANNEL_UNBRIDGE", None), ("CHANNEL_HANGUP", None),
+        ("CHANNEL_EXECUTE_COMPLETE", "bridge"), ("CHANNEL_UNPARK", None), ("CHANNEL_EXECUTE_COMPLETE", "socket"),
+        ("CHANNEL_STATE", None), ("CHANNEL_STATE", None), ("CHANNEL_HANGUP_COMPLETE", None)]
+    assert call.wait_ended(2) and call.hangup_cause == "NORMAL_CLEARING"
+
+
+def test_bridge_completes_after_the_app_closed_its_socket(listener: gsocket.socket,
+                                                          make_fs: Callable[..., FakeFreeSwitch]) -> None:
+    call, app = start(make_fs(bridge_duration_s=0.3), listener)
+    app.session()
+    app.execute("bridge", "loopback/200")
+    app.sock.close()
+    assert call.esl_closed.wait(2) and not call.ended.is_set()
+    assert call.wait_ended(3) and call.hangup_cause == "NORMAL_CLEARING"
+    kinds = [e.kind for e in call.timeline]
+    assert kinds.index("bridge.end") < kinds.index("hangup")
+    print("bridge:", [e for e in call.timeline if e.kind.startswith("bridge")])
+
+
+@pytest.mark.parametrize("variables, ends", [({}, True), ({"continue_on_fail": "true"}, False)])
+def test_failed_bridge(variables: dict[str, str], ends: bool, listener: gsocket.socket,
+                       make_fs: Callable[..., FakeFreeSwitch]) -> None:
+    call, app = start(make_fs(bridge_fail_cause="USER_BUSY"), listener, variables=variables)
+    app.session()
+    app.execute("bridge", "sofia/gateway/pbx/200", app_uuid="B")
+    app.wait_event(complete("bridge", "B"))
+    assert not [m for m in app.received if m.get("Event-Name") == "CHANNEL_BRIDGE"]
+    if ends:
+        assert call.wait_ended(2) and call.hangup_cause == "USER_BUSY"
+    else:
+        assert app.api(f"uuid_getvar {call.uuid} originate_failed_cause") == "USER_BUSY"
+        assert app.api(f"uuid_getvar {call.uuid} DIALSTATUS") == "BUSY" and not call.ended.is_set()

@@ -42,6 +42,8 @@ _CALLING: dict[str, tuple[str, str, int]] = {
     "CHANNEL_STATE": ("switch_channel.c", "switch_channel_perform_set_running_state", 2408),
     "CHANNEL_HANGUP_COMPLETE": ("switch_core_state_machine.c", "switch_core_session_reporting_state", 943),
     "DTMF": ("switch_channel.c", "switch_channel_queue_dtmf", 678),
+    "CHANNEL_BRIDGE": ("switch_ivr_bridge.c", "switch_ivr_multi_threaded_bridge", 1689),
+    "CHANNEL_UNBRIDGE": ("switch_ivr_bridge.c", "switch_ivr_multi_threaded_bridge", 1879),
     "CUSTOM": ("mod_audio_stream.c", "responseHandler", 16),
 }
 
@@ -49,7 +51,7 @@ _CALLING: dict[str, tuple[str, str, int]] = {
 _WITH_VARIABLES = frozenset({
     "CHANNEL_DATA", "CHANNEL_EXECUTE", "CHANNEL_EXECUTE_COMPLETE", "CHANNEL_ANSWER",
     "CHANNEL_PROGRESS_MEDIA", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_UNPARK",
-    "CHANNEL_PARK", "CUSTOM",
+    "CHANNEL_PARK", "CHANNEL_BRIDGE", "CHANNEL_UNBRIDGE", "CUSTOM",
 })
 
 
@@ -76,7 +78,11 @@ def url_encode(value: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class CallerProfile:
-    """The caller profile FreeSWITCH serializes as ``Caller-*`` (and ``Channel-*`` in CHANNEL_DATA)."""
+    """The caller profile FreeSWITCH serializes as ``Caller-*`` (and ``Channel-*`` in CHANNEL_DATA).
+
+    A transfer (``switch_ivr_session_transfer``) installs a clone with the new destination, dialplan
+    and context, ``rdnis`` = the old destination, a ``transfer_source`` and the next profile index.
+    """
 
     caller_id_number: str
     destination_number: str
@@ -93,6 +99,11 @@ class CallerProfile:
     answered_us: int = 0
     progress_media_us: int = 0
     hangup_us: int = 0
+    rdnis: str | None = None
+    transfer_source: str | None = None
+    profile_index: int = 1
+    profile_created_us: int = 0
+    """When this profile was created (0: with the channel, ``created_us``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +246,10 @@ def _event_header(name: str, stamp: EventStamp, ch: ChannelVars, subclass: str =
 
 
 def profile_headers(p: CallerProfile, prefix: str, uuid: str, channel_name: str) -> list[Header]:
-    """``switch_caller_profile_event_set_data`` with ``prefix`` (``Caller`` or ``Channel``)."""
+    """``switch_caller_profile_event_set_data`` with ``prefix`` (``Caller`` or ``Channel``).
+
+    ``-Transfer-Source`` (after ``-Source``) and ``-RDNIS`` (after ``-Context``) appear only once set.
+    """
     optional = [
         ("Caller-ID-Name", p.caller_id_name),
         ("Caller-ID-Number", p.caller_id_number),
@@ -247,14 +261,15 @@ def profile_headers(p: CallerProfile, prefix: str, uuid: str, channel_name: str)
     out: list[Header] = [(f"{prefix}-Direction", p.direction), (f"{prefix}-Logical-Direction", p.direction),
                          (f"{prefix}-Dialplan", p.dialplan)]
     out += [(f"{prefix}-{k}", v) for k, v in optional if v is not None]
+    out += [(f"{prefix}-Destination-Number", p.destination_number), (f"{prefix}-Unique-ID", uuid),
+            (f"{prefix}-Source", p.source)]
+    out += [(f"{prefix}-Transfer-Source", p.transfer_source)] if p.transfer_source else []
+    out.append((f"{prefix}-Context", p.context))
+    out += [(f"{prefix}-RDNIS", p.rdnis)] if p.rdnis else []
     out += [
-        (f"{prefix}-Destination-Number", p.destination_number),
-        (f"{prefix}-Unique-ID", uuid),
-        (f"{prefix}-Source", p.source),
-        (f"{prefix}-Context", p.context),
         (f"{prefix}-Channel-Name", channel_name),
-        (f"{prefix}-Profile-Index", "1"),
-        (f"{prefix}-Profile-Created-Time", str(p.created_us)),
+        (f"{prefix}-Profile-Index", str(p.profile_index)),
+        (f"{prefix}-Profile-Created-Time", str(p.profile_created_us or p.created_us)),
         (f"{prefix}-Channel-Created-Time", str(p.created_us)),
         (f"{prefix}-Channel-Answered-Time", str(p.answered_us)),
         (f"{prefix}-Channel-Progress-Time", "0"),
@@ -321,9 +336,10 @@ def connect_reply(channel: ChannelVars, stamp: EventStamp | None = None) -> byte
 
 
 def channel_event(name: str, ch: ChannelVars, stamp: EventStamp, extra: Sequence[Header] = (),
-                  *, subclass: str = "", body: str | None = None) -> EventMessage:
-    """Any channel event: event header, basic data, variables (when FreeSWITCH adds them), ``extra``."""
-    headers = _event_header(name, stamp, ch, subclass)
+                  *, subclass: str = "", body: str | None = None, lead: Sequence[Header] = ()) -> EventMessage:
+    """Any channel event: event header, ``lead`` (headers added before the channel data, like
+    CHANNEL_BRIDGE's ``Bridge-A-Unique-ID``), basic data, variables (when FreeSWITCH adds them), ``extra``."""
+    headers = _event_header(name, stamp, ch, subclass) + list(lead)
     if name == "CHANNEL_HANGUP_COMPLETE" and ch.hangup_cause:
         headers.append(("Hangup-Cause", ch.hangup_cause))
     headers += basic_channel_headers(ch)
@@ -365,8 +381,15 @@ def custom_event(ch: ChannelVars, stamp: EventStamp, subclass: str, body: str | 
     return channel_event("CUSTOM", ch, stamp, subclass=subclass, body=body)
 
 
-_Q850 = {"NORMAL_CLEARING": 16, "USER_BUSY": 17, "NO_ANSWER": 19, "CALL_REJECTED": 21,
-         "DESTINATION_OUT_OF_ORDER": 27, "NORMAL_TEMPORARY_FAILURE": 41, "ORIGINATOR_CANCEL": 487}
+_Q850 = {"UNALLOCATED_NUMBER": 1, "NO_ROUTE_DESTINATION": 3, "NORMAL_CLEARING": 16, "USER_BUSY": 17,
+         "NO_USER_RESPONSE": 18, "NO_ANSWER": 19, "SUBSCRIBER_ABSENT": 20, "CALL_REJECTED": 21,
+         "EXCHANGE_ROUTING_ERROR": 25, "DESTINATION_OUT_OF_ORDER": 27, "NORMAL_TEMPORARY_FAILURE": 41,
+         "ORIGINATOR_CANCEL": 487}
+
+
+def q850(cause: str) -> int:
+    """The Q.850 number of a hangup cause name (0 when the fake does not know it)."""
+    return _Q850.get(cause, 0)
 
 
 def cdr_variables(cause: str, created_us: int, answered_us: int, hangup_us: int) -> list[tuple[str, str | None]]:
@@ -374,7 +397,7 @@ def cdr_variables(cause: str, created_us: int, answered_us: int, hangup_us: int)
     start, answer, end = created_us // 1_000_000, answered_us // 1_000_000, hangup_us // 1_000_000
     fmt = "%Y-%m-%d %H:%M:%S"
     return [
-        ("hangup_cause", cause), ("hangup_cause_q850", str(_Q850.get(cause, 0))),
+        ("hangup_cause", cause), ("hangup_cause_q850", str(q850(cause))),
         ("start_stamp", time.strftime(fmt, time.localtime(start))),
         ("answer_stamp", time.strftime(fmt, time.localtime(answer)) if answer else None),
         ("end_stamp", time.strftime(fmt, time.localtime(end))),

@@ -18,6 +18,15 @@ after hangup a lingering listener gets the events then the ``linger`` notice (be
 ``uuid_kill``); bare ``linger`` never closes the socket, ``linger N`` closes N s later (times
 ``FakeOptions.linger_scale``) after the ``disconnect`` notice; without linger the notice and
 EOF follow CHANNEL_HANGUP_COMPLETE; an app that closes its socket does not hang the call up.
+
+``transfer`` and ``bridge`` (details and sources in :mod:`callbot.testing.fake_channel`): a
+transfer takes the channel out of the socket application but, as in FreeSWITCH's async outbound
+mode, does NOT close the socket: the app keeps receiving the channel's events (and the usual
+linger / disconnect handling at hangup) until it closes the socket itself. The transferred
+channel hangs up after ``FakeOptions.transfer_hangup_after_s`` (or when the caller does). A bridge
+keeps the channel in the socket session (CHANNEL_BRIDGE ... CHANNEL_UNBRIDGE); the far end hangs up
+after ``FakeOptions.bridge_duration_s`` and, unless ``hangup_after_bridge`` is set, the channel
+then returns to the app (or hangs up NORMAL_CLEARING if the app has closed its socket).
 """
 from __future__ import annotations
 
@@ -44,6 +53,7 @@ from callbot.testing.fake_channel import (
     ChannelSetup,
     FakeChannel,
     FakeOptions,
+    switch_true,
 )
 from callbot.testing.fake_media import CallerAudio
 
@@ -62,7 +72,6 @@ MYEVENTS = frozenset({
     "CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA", "CHANNEL_STATE", "CHANNEL_UNBRIDGE", "CHANNEL_UNPARK",
     "DETECTED_SPEECH", "DTMF", "NOTALK", "TALK",
 })
-_TRUE = frozenset({"yes", "on", "true", "t", "enabled", "active", "allow"})
 
 
 class TimelineEntry(NamedTuple):
@@ -71,11 +80,6 @@ class TimelineEntry(NamedTuple):
     t: float
     kind: str
     detail: str
-
-
-def _switch_true(value: str | None) -> bool:
-    value = (value or "").strip().lower()
-    return value in _TRUE or (value.lstrip("-").isdigit() and int(value) != 0)
 
 
 class _EslLink:
@@ -299,7 +303,7 @@ class _EslLink:
         loops = headers.get("loops", "1")
         msg = AppMessage(
             command=command, app=headers.get("execute-app-name", ""), arg=arg,
-            event_uuid=headers.get("event-uuid"), event_lock=_switch_true(headers.get("event-lock")),
+            event_uuid=headers.get("event-uuid"), event_lock=switch_true(headers.get("event-lock")),
             loops=int(loops) if loops.lstrip("-").isdigit() else 1,
             hangup_cause=headers.get("hangup-cause", "NORMAL_CLEARING"))
         return "+OK" if ch.queue_message(msg) else "-ERR memory error"
@@ -378,6 +382,16 @@ class FakeCall:
         return self.channel.hangup_cause
 
     @property
+    def transferred_to(self) -> str | None:
+        """The extension of the last ``transfer`` the channel executed (None: never transferred)."""
+        return self.channel.transferred_to
+
+    @property
+    def bridged_to(self) -> str | None:
+        """The dial string of the last ``bridge`` the channel executed (None: never bridged)."""
+        return self.channel.bridged_to
+
+    @property
     def esl_closed(self) -> Event:
         """Set when the ESL socket is closed (by either side)."""
         return self._link.closed
@@ -392,6 +406,9 @@ class FakeCall:
         ``hangup`` (cause and origin) / ``caller.hangup`` / ``uuid_kill`` / ``socket.gone``; ``dtmf``;
         ``stream.open`` / ``stream.text_in`` / ``stream.text_out`` / ``stream.rejected`` / ``stream.error`` /
         ``stream.closed_by_server`` / ``stream.drop`` / ``stream.closed``; ``file.write`` / ``file.delete``;
+        ``transfer`` (dialplan, context, extension) / ``transfer.target`` (the channel left the socket
+        app for it); ``bridge.originate`` / ``bridge.failed`` / ``bridge.start`` / ``bridge.end`` (who
+        ended it and how long it lasted);
         ``warning`` (something the fake does not model); ``crash`` (a bug in the fake).
         """
         zero = self.channel.answer_monotonic
