@@ -47,6 +47,7 @@ class Conversation:
         self._requested: dict[str, Any] | None = None
         self._wanted: deque[dict[str, Any]] = deque()
         self.responses_done = 0
+        self._fillers: dict[str, str] = {}
         self.playout = playout
         self.downlink = downlink
         self.barge_in = barge_in
@@ -213,7 +214,11 @@ class Conversation:
         self.responses.pop(response_id, None)
         self.responses_done += 1
         self.tools.on_response_done(response_id)
-        return self._send_tool_outputs(now) + self._next_request()
+        cmds = self._send_tool_outputs(now)
+        filler = self._fillers.pop(response_id, None)
+        if filler and self.tools.running:  # a slow tool: the caller is not left in silence
+            cmds += self.request_response(now, f"Say exactly this, and nothing else: {filler}", "filler")
+        return cmds + self._next_request()
 
     def _on_output_item_done(self, data: Mapping[str, Any], now: float) -> list[Command]:
         item = data["item"]
@@ -222,7 +227,11 @@ class Conversation:
         state = self.responses.get(data.get("response_id", ""))
         if state is not None and state.cancelled:
             return []
-        cmds, builtin, failure = self.tools.on_function_call(item, data.get("response_id", ""), now)
+        response_id = data.get("response_id", "")
+        cmds, builtin, failure = self.tools.on_function_call(item, response_id, now)
+        tool = self.tools.persona.tool(item.get("name", ""))
+        if cmds and tool is not None and tool.say_while_running:
+            self._fillers[response_id] = tool.say_while_running
         if failure is not None:
             self._add(now, "tool.call", ok=False, **failure)
         if builtin is not None:
