@@ -66,6 +66,7 @@ class CallCore:
         self._channel_gone = False
         self._end_by: float | None = None
         self._items_playing: set[str] = set()
+        self._was_quiet = False
         self._handlers: dict[type, Callable[[Any, float], list[Command]]] = {
             ev.CallStarted: self._on_call_started,
             ev.ChannelAnswered: self._on_answered,
@@ -307,8 +308,11 @@ class CallCore:
         control, conv = self.control, self.conversation
         assert control is not None and conv is not None
         quiet = conv.quiet
-        if not control.greeting_heard and conv.responses_done > 0 and quiet:
+        if not quiet or not self._was_quiet:
+            control.idle_from = now  # caller silence counts from the moment the bot has finished
+        if quiet and not control.greeting_heard and conv.responses_done > 0:
             control.greeting_heard = True
+        self._was_quiet = quiet
         action = control.due_action(quiet, now)
         return self._perform(action, now) if action is not None else []
 

@@ -48,6 +48,8 @@ class Conversation:
         self._wanted: deque[dict[str, Any]] = deque()
         self.responses_done = 0
         self._fillers: dict[str, str] = {}
+        self._last_sent: dict[str, Any] | None = None
+        self._hold = False
         self.playout = playout
         self.downlink = downlink
         self.barge_in = barge_in
@@ -128,9 +130,9 @@ class Conversation:
         return self._send_tool_outputs(now)
 
     def _next_request(self) -> list[Command]:
-        if self.active_response is not None or self._requested is not None or not self._wanted:
+        if self.active_response is not None or self._requested is not None or self._hold or not self._wanted:
             return []
-        self._requested = self._wanted.popleft()
+        self._requested = self._last_sent = self._wanted.popleft()
         return [SendModel(self._requested)]
 
     def _send_tool_outputs(self, now: float) -> list[Command]:
@@ -213,6 +215,7 @@ class Conversation:
                   reason=details.get("reason"))
         self.responses.pop(response_id, None)
         self.responses_done += 1
+        self._hold = False
         self.tools.on_response_done(response_id)
         cmds = self._send_tool_outputs(now)
         filler = self._fillers.pop(response_id, None)
@@ -265,9 +268,12 @@ class Conversation:
         code = error.get("code")
         if code in HARMLESS_ERROR_CODES:
             return []
-        if code == BUSY_ERROR_CODE and self._requested is not None:
-            self._wanted.appendleft(self._requested)  # a VAD response won the race: ask again after it
-            self._requested = None
+        if code == BUSY_ERROR_CODE and self._last_sent is not None:
+            # One request is in flight at a time, so the refused one is the last sent: a VAD
+            # response won the race. Ask again once a response.done says the server is free.
+            self._wanted.appendleft(self._last_sent)
+            self._last_sent = self._requested = None
+            self._hold = True
             return []
         message = str(error.get("message", ""))[:300]
         self._add(now, "model.error", code=code, message=message)
@@ -285,3 +291,4 @@ class Conversation:
         if key not in self._warned:
             self._warned.add(key)
             log.warning("call %s: %s", self.record.call_uuid, message)
+

@@ -114,7 +114,7 @@ class ToolCalls:
     def _fail(self, call: PendingCall, problem: str, entry: dict[str, Any],
               now: float) -> tuple[list[Command], None, dict[str, Any]]:
         call.output, call.ok = error_output(problem), False
-        entry.update(error=problem, duration_ms=0.0)
+        entry.update(error=problem, output=call.output, duration_ms=0.0)
         return [], None, entry
 
 
