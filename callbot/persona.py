@@ -1,8 +1,8 @@
-"""Personas: who the bot is on a call (voice, instructions, turn taking, tools, DTMF), one YAML
-file each.
+"""Personas: who the bot is on a call (voice, instructions, turn taking, tools, DTMF, what happens
+when the model is unreachable), one YAML file each.
 
 ``load_persona(path)`` validates a persona file completely and returns a :class:`Persona`.
-Errors are :class:`~callbot.config.ConfigError` naming the persona file and the key path
+Errors are :class:`~callbot.config_reader.ConfigError` naming the persona file and the key path
 (``tools[1].handler``). How a persona becomes a Realtime ``session.update`` is
 :mod:`callbot.core.session_config`'s business; this module only holds validated data.
 """
@@ -16,15 +16,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from callbot.config import ConfigError, Section, read_yaml
+from callbot.config_reader import ConfigError, Section, read_yaml
 
 __all__ = [
-    "ConfigError", "DtmfAction", "Persona", "Tool", "TransferTarget", "Transcription",
-    "TurnDetection", "load_persona",
+    "ConfigError", "DtmfAction", "ModelFailurePolicy", "Persona", "Tool", "TransferTarget",
+    "Transcription", "TurnDetection", "load_persona",
 ]
 
 _PERSONA_KEYS = ("name", "voice", "instructions", "greeting", "turn_detection", "transcription",
-                 "barge_in", "min_interrupt_ms", "idle_s", "max_call_s", "tools", "dtmf")
+                 "barge_in", "min_interrupt_ms", "idle_s", "max_call_s", "tools", "dtmf",
+                 "on_model_failure")
 _VAD_COMMON = ("type", "create_response", "interrupt_response")
 _VAD_KEYS = {
     "server_vad": _VAD_COMMON + ("threshold", "prefix_padding_ms", "silence_duration_ms",
@@ -51,6 +52,8 @@ _BUILTIN_DESCRIPTIONS = {
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _HANDLER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
                       r":[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_CAUSE = re.compile(r"^[A-Z][A-Z0-9_]*$")
+_FAILURE_KEYS = ("fallback_prompt", "then", "target", "cause")
 DTMF_DIGITS = "0123456789*#"
 
 
@@ -117,10 +120,26 @@ class DtmfAction:
 
 
 @dataclass(frozen=True)
+class ModelFailurePolicy:
+    """What the caller gets when the model cannot be reached (after callbot's one reconnect).
+
+    ``fallback_prompt``: played first when set (a path or URI for FreeSWITCH's ``playback``; not
+    checked for existence, FreeSWITCH may run elsewhere). ``then``: ``hangup`` (with ``cause``,
+    a FreeSWITCH hangup cause name) or ``transfer`` (to ``target``, a target of the persona's
+    built-in transfer tool; ``target`` is set exactly when ``then`` is ``transfer``).
+    """
+
+    fallback_prompt: str | None = None
+    then: str = "hangup"
+    target: str | None = None
+    cause: str = "NORMAL_TEMPORARY_FAILURE"
+
+
+@dataclass(frozen=True)
 class Persona:
     """One validated persona. ``greeting``: the bot speaks first with this text.
     ``idle_s``/``max_call_s``: None = no limit. ``dtmf``: digit -> action (others go to the
-    model)."""
+    model). ``on_model_failure``: what happens when the model cannot be reached."""
 
     name: str
     instructions: str
@@ -134,6 +153,7 @@ class Persona:
     max_call_s: float | None = None
     tools: tuple[Tool, ...] = ()
     dtmf: Mapping[str, DtmfAction] = field(default_factory=dict)
+    on_model_failure: ModelFailurePolicy = field(default_factory=ModelFailurePolicy)
     source: str = ""
     """The file the persona was loaded from."""
 
@@ -173,7 +193,8 @@ def load_persona(path: str | Path, *, import_handlers: bool = False) -> Persona:
         barge_in=barge_in, min_interrupt_ms=min_interrupt_ms,
         idle_s=sec.number("idle_s", None, lo=0, lo_open=True),
         max_call_s=sec.number("max_call_s", None, lo=0, lo_open=True),
-        tools=tools, dtmf=_dtmf(sec, tools), source=str(path))
+        tools=tools, dtmf=_dtmf(sec, tools), on_model_failure=_on_model_failure(sec, tools),
+        source=str(path))
 
 
 def _strip(text: str | None) -> str | None:
@@ -344,16 +365,51 @@ def _dtmf(parent: Section, tools: tuple[Tool, ...]) -> Mapping[str, DtmfAction]:
             actions[digit] = DtmfAction(end_call=True)
             continue
         target = sec.string("transfer")
-        _check_target(sec, target, transfer)
+        _check_target(sec, "transfer", target, transfer)
         actions[digit] = DtmfAction(transfer=target)
     return MappingProxyType(actions)
 
 
-def _check_target(sec: Section, target: str, transfer: Tool | None) -> None:
+def _check_target(sec: Section, key: str, target: str, transfer: Tool | None) -> None:
+    """``target`` (the value of ``key``) must name a target of the built-in ``transfer``."""
     if transfer is None:
-        raise sec.error("transfer", "the persona has no transfer targets",
+        raise sec.error(key, "the persona has no transfer targets",
                         "add a tool '- builtin: transfer' with targets")
     if target not in transfer.targets:
         known = ", ".join(transfer.targets)
-        raise sec.error("transfer", f"'{target}' is not a transfer target (targets: {known})",
+        raise sec.error(key, f"'{target}' is not a transfer target (targets: {known})",
                         f"use one of: {known}")
+
+
+def _on_model_failure(parent: Section, tools: tuple[Tool, ...]) -> ModelFailurePolicy:
+    sec = parent.child("on_model_failure")
+    sec.check_keys(_FAILURE_KEYS)
+    prompt: str | None = sec.string("fallback_prompt", None)
+    if prompt is not None and ("\n" in prompt or "\r" in prompt):
+        raise sec.error("fallback_prompt", "contains a line break (FreeSWITCH would read the "
+                                           "rest as another ESL header)",
+                        "write the file path on one line, e.g. fallback_prompt: "
+                        "/usr/share/freeswitch/sounds/callbot/sorry.wav")
+    then: str = sec.string("then", "hangup", choices=("hangup", "transfer"))
+    if then == "hangup":
+        if sec.has("target"):
+            raise sec.error("target", "applies to then: transfer only",
+                            "remove target, or write then: transfer")
+        return ModelFailurePolicy(fallback_prompt=prompt, cause=_cause(sec))
+    if sec.has("cause"):
+        raise sec.error("cause", "applies to then: hangup only (the call is transferred)",
+                        "remove cause, or write then: hangup")
+    target: str = sec.string("target", fix="add 'target: <name>' naming a target of the "
+                                           "builtin transfer tool")
+    _check_target(sec, "target", target, next((t for t in tools if t.kind == "transfer"), None))
+    return ModelFailurePolicy(fallback_prompt=prompt, then=then, target=target)
+
+
+def _cause(sec: Section) -> str:
+    cause: str = sec.string("cause", "NORMAL_TEMPORARY_FAILURE")
+    if not _CAUSE.match(cause):
+        fix = (f"write it in upper case: cause: {cause.upper()}" if _CAUSE.match(cause.upper())
+               else "use a FreeSWITCH hangup cause name, e.g. NORMAL_TEMPORARY_FAILURE")
+        raise sec.error("cause", f"'{cause}' is not a hangup cause name (upper-case letters, "
+                                 "digits and '_')", fix)
+    return cause

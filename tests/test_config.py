@@ -273,6 +273,21 @@ def test_persona_errors_name_the_persona_file(tmp_path: Path) -> None:
     assert err.fix == "write name: bob, or rename the file to robert.yaml"
 
 
+def test_one_error_type_for_config_and_persona_files(tmp_path: Path) -> None:
+    """``except ConfigError`` (from callbot.config, as the CLI writes it) catches persona errors."""
+    from callbot import config, config_reader, persona
+
+    assert config.ConfigError is config_reader.ConfigError is persona.ConfigError
+    assert (config.Section, config.read_yaml, config.suggest, config.describe) == (
+        config_reader.Section, config_reader.read_yaml, config_reader.suggest,
+        config_reader.describe)
+    path = setup(tmp_path, "routing: {default: ava}\n",
+                 {"ava": MINIMAL_PERSONA.format(name="ava") + "on_model_failure: {then: transfr}\n"})
+    err = error_of(path)
+    assert (err.file, err.key, err.fix) == (str(tmp_path / "personas" / "ava.yaml"),
+                                            "on_model_failure.then", "did you mean 'transfer'?")
+
+
 def test_yml_files_are_ignored_with_a_warning(tmp_path: Path) -> None:
     path = setup(tmp_path, "routing: {default: ava}\n")
     (tmp_path / "personas" / "old.yml").write_text(MINIMAL_PERSONA.format(name="old"))

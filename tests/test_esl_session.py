@@ -299,7 +299,7 @@ def test_concurrent_commands_pair_with_their_replies(pair: tuple[Harness, FakeFs
 
 
 def test_greenswitch_blocking_helpers_fail_fast(pair: tuple[Harness, FakeFs]) -> None:
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(RuntimeError, match=r"use execute\(app_uuid=\.\.\.\)"):
         pair[0].session.playback("/tmp/x.wav")
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from callbot.config import ConfigError
-from callbot.persona import DtmfAction, Persona, Transcription, TurnDetection, load_persona
+from callbot.persona import (
+    DtmfAction, ModelFailurePolicy, Persona, Transcription, TurnDetection, load_persona,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = "name: ava\ninstructions: Be brief.\n"
@@ -270,3 +272,82 @@ def test_dtmf_errors(tmp_path: Path, dtmf: str, key: str, problem_part: str) -> 
 def test_dtmf_transfer_needs_the_transfer_tool(tmp_path: Path) -> None:
     err = error_of(write(tmp_path, "dtmf: {0: {transfer: sales}}\n"))
     assert (err.key, err.problem) == ("dtmf.0.transfer", "the persona has no transfer targets")
+
+
+# --- on_model_failure ---------------------------------------------------------------------------
+
+def test_model_failure_defaults_to_hanging_up_with_a_temporary_failure(tmp_path: Path) -> None:
+    default = ModelFailurePolicy(fallback_prompt=None, then="hangup", target=None,
+                                 cause="NORMAL_TEMPORARY_FAILURE")
+    assert load_persona(write(tmp_path)).on_model_failure == default
+    assert load_persona(write(tmp_path, "on_model_failure:\n")).on_model_failure == default
+    assert load_persona(write(tmp_path, "on_model_failure: {}\n")).on_model_failure == default
+    assert Persona(name="p", instructions="x").on_model_failure == default
+
+
+def test_model_failure_prompt_then_hangup_with_a_cause(tmp_path: Path) -> None:
+    policy = load_persona(write(tmp_path, """\
+        on_model_failure:
+          fallback_prompt: /usr/share/freeswitch/sounds/callbot/sorry.wav
+          cause: NORMAL_CLEARING
+        """)).on_model_failure
+    assert policy == ModelFailurePolicy(
+        fallback_prompt="/usr/share/freeswitch/sounds/callbot/sorry.wav", cause="NORMAL_CLEARING")
+
+
+def test_model_failure_prompt_then_transfer(tmp_path: Path) -> None:
+    policy = load_persona(write(tmp_path, BUILTINS + textwrap.dedent("""\
+        on_model_failure:
+          fallback_prompt: "say:en:Sorry, please hold"
+          then: transfer
+          target: support
+        """))).on_model_failure
+    assert policy == ModelFailurePolicy(fallback_prompt="say:en:Sorry, please hold",
+                                        then="transfer", target="support")
+
+
+@pytest.mark.parametrize("policy, key, problem, fix", [
+    ("{fallback: /x.wav}", "on_model_failure.fallback", "unknown key",
+     "did you mean 'fallback_prompt'?"),
+    ("hangup", "on_model_failure", "must be a mapping, got the string 'hangup'",
+     "write 'on_model_failure:' followed by indented 'name: value' lines"),
+    ("{fallback_prompt: ''}", "on_model_failure.fallback_prompt",
+     "must be a non-empty text, got the string ''",
+     "write fallback_prompt: <text> (quote it if YAML reads it as something else)"),
+    ("{fallback_prompt: 42}", "on_model_failure.fallback_prompt",
+     "must be a non-empty text, got the number 42",
+     "write fallback_prompt: <text> (quote it if YAML reads it as something else)"),
+    ('{fallback_prompt: "/x.wav\\nexecute-app-name: hangup"}', "on_model_failure.fallback_prompt",
+     "contains a line break (FreeSWITCH would read the rest as another ESL header)",
+     "write the file path on one line, e.g. fallback_prompt: "
+     "/usr/share/freeswitch/sounds/callbot/sorry.wav"),
+    ("{then: hangupp}", "on_model_failure.then", "'hangupp' is not one of: hangup, transfer",
+     "did you mean 'hangup'?"),
+    ("{then: transfer}", "on_model_failure.target", "is required",
+     "add 'target: <name>' naming a target of the builtin transfer tool"),
+    ("{then: transfer, target: billing}", "on_model_failure.target",
+     "'billing' is not a transfer target (targets: sales, support)", "use one of: sales, support"),
+    ("{then: hangup, target: sales}", "on_model_failure.target", "applies to then: transfer only",
+     "remove target, or write then: transfer"),
+    ("{then: transfer, target: sales, cause: USER_BUSY}", "on_model_failure.cause",
+     "applies to then: hangup only (the call is transferred)", "remove cause, or write then: hangup"),
+    ("{cause: normal_clearing}", "on_model_failure.cause",
+     "'normal_clearing' is not a hangup cause name (upper-case letters, digits and '_')",
+     "write it in upper case: cause: NORMAL_CLEARING"),
+    ("{cause: NORMAL CLEARING}", "on_model_failure.cause",
+     "'NORMAL CLEARING' is not a hangup cause name (upper-case letters, digits and '_')",
+     "use a FreeSWITCH hangup cause name, e.g. NORMAL_TEMPORARY_FAILURE"),
+    ("{cause: 41}", "on_model_failure.cause", "must be a non-empty text, got the number 41",
+     "write cause: <text> (quote it if YAML reads it as something else)"),
+])
+def test_model_failure_errors(tmp_path: Path, policy: str, key: str, problem: str, fix: str) -> None:
+    path = write(tmp_path, BUILTINS + f"on_model_failure: {policy}\n")
+    err = error_of(path)
+    assert (err.file, err.key, err.problem, err.fix) == (str(path), key, problem, fix)
+
+
+def test_model_failure_transfer_needs_the_transfer_tool(tmp_path: Path) -> None:
+    err = error_of(write(tmp_path, "on_model_failure: {then: transfer, target: human}\n"))
+    assert (err.key, err.problem, err.fix) == ("on_model_failure.target",
+                                               "the persona has no transfer targets",
+                                               "add a tool '- builtin: transfer' with targets")

@@ -355,7 +355,7 @@ class EslSession(esl.OutboundSession):
     def register_expected_event(self, *args: Any, **kwargs: Any) -> None:
         """Fixes greenswitch: its blocking helpers (playback, say, call_command(block=True)) match
         completions by app name through a dispatcher this class does not run: fail fast, never hang."""
-        raise NotImplementedError("use execute(app_uuid=...) and wait for ExecuteCompleted")
+        raise RuntimeError("use execute(app_uuid=...) and wait for ExecuteCompleted")
 
     def hangup(self, cause: str = "NORMAL_CLEARING", timeout: float | None = None) -> str:
         """``sendmsg`` / ``call-command: hangup``. Returns Reply-Text (greenswitch returned None)."""

@@ -15,46 +15,9 @@ mode: it parks, reading one frame per ptime, and runs queued ``sendmsg`` message
 * ``*`` (``playback_terminators``) pressed by the caller stops a playback.
 * An unknown application hangs the channel up with ``DESTINATION_OUT_OF_ORDER``.
 
-``transfer`` and ``bridge``, read from FreeSWITCH 1.10.12's source (``mod_dptools.c``
-``transfer_function`` / ``audio_bridge_function``, ``switch_ivr.c`` ``switch_ivr_session_transfer`` /
-``switch_ivr_park`` / ``switch_ivr_parse_event``, ``switch_ivr_bridge.c``
-``switch_ivr_multi_threaded_bridge`` / ``audio_bridge_thread``, ``switch_channel.c``
-``switch_channel_test_ready`` / ``switch_channel_handle_cause``, ``switch_core_state_machine.c``,
-``mod_event_socket.c`` ``socket_function`` / ``listener_run`` / ``read_packet``):
-
-* ``transfer <exten> [<dialplan> [<context>]]`` (verified): ``max_forwards`` (or
-  ``max_session_transfers``) counts down from 70, at 0 the channel hangs up EXCHANGE_ROUTING_ERROR;
-  a new caller profile (destination = exten, RDNIS = old destination, Transfer-Source, next profile
-  index; dialplan from the argument, ``force_transfer_dialplan``, the profile (``inline`` ignored),
-  else ``XML``; context likewise, else ``default``); ``transfer_source`` / ``transfer_history``
-  variables; CF_TRANSFER and state CS_ROUTING. No event of its own (FreeSWITCH has no
-  CHANNEL_TRANSFER): EXECUTE / EXECUTE_COMPLETE ``transfer`` (already with the new profile). CF_TRANSFER
-  makes ``switch_channel_ready`` false: messages already queued still run but return at once (a
-  playback: ``PLAYBACK ERROR``), the park loop ends (CHANNEL_UNPARK), the socket application returns
-  (EXECUTE_COMPLETE ``socket``), then CHANNEL_STATE CS_ROUTING (call state RINGING on an inbound leg,
-  ``switch_channel_perform_set_running_state``) and CHANNEL_STATE CS_EXECUTE.
-  **The outbound socket is NOT closed**: in async mode ``socket_function`` returns without waiting
-  for its listener, and ``listener_run`` only stops on EOF, a socket error or (after the channel
-  is down) the linger rules; so the app keeps getting this channel's events until it closes the
-  socket itself, and closing it does not affect the call.
-  Inferred (the fake has no dialplan): the target extension exists and keeps the caller for
-  ``FakeOptions.transfer_hangup_after_s``, then hangs up NORMAL_CLEARING (its own applications produce
-  no events here; messages the app sends after the transfer are never executed).
-* ``bridge <dial string>`` (verified): runs inside the socket session. The far end answers at once
-  (an unanswered channel is answered: CHANNEL_ANSWER), CHANNEL_BRIDGE (``Bridge-A-Unique-ID`` /
-  ``Bridge-B-Unique-ID`` before the channel data, then ``bridge_to`` etc. are set); while bridged,
-  queued messages run one at a time after 10 lead frames and DTMF goes to the far end. The far end
-  hangs up NORMAL_CLEARING after ``FakeOptions.bridge_duration_s`` (``bridge_hangup_cause``), then
-  CHANNEL_UNBRIDGE. Only ``hangup_after_bridge=true`` (or ``explicit``) hangs the channel up then;
-  ``transfer_after_bridge=<exten[:dialplan[:context]]>`` transfers. Otherwise (the default) the
-  channel goes back to the socket application, which decides; if the app has closed its socket, the
-  park loop ends (its listener cleared CF_CONTROLLED), the socket application returns and the
-  channel hangs up NORMAL_CLEARING. A hangup, uuid_kill or transfer of this channel ends the bridge.
-  ``FakeOptions.bridge_fail_cause`` makes the originate fail: ``originate_failed_cause``,
-  ``originate_disposition``, ``DIALSTATUS``, no BRIDGE events, and the channel hangs up with that cause
-  unless ``continue_on_fail`` covers it or it is NO_ANSWER / NO_USER_RESPONSE / ORIGINATOR_CANCEL.
-  Not modelled: ringback / early media, ``Other-Leg-*`` headers, ``park_after_bridge``,
-  ``failure_causes`` / ``transfer_on_fail``, the far end's audio (silence).
+``transfer`` and ``bridge`` (what they do to the channel, with the FreeSWITCH sources read) are
+modelled by :mod:`callbot.testing.fake_routing` (``FakeChannel.routing``), which drives this
+channel through its session-thread primitives (``ready``, ``next_frame``, ``parse_all``, ...).
 
 What the channel plays is written into the caller's ear at the frame it is played; what the
 caller says (``CallerAudio``) is the channel's read side, fed to an attached media bug.
@@ -76,23 +39,14 @@ from gevent.event import Event
 
 from callbot.testing import esl_wire as wire
 from callbot.testing.fake_media import CallerAudio, atoi, caller_track, open_source
+from callbot.testing.fake_routing import ChannelRouting, switch_true
+
+__all__ = ["AppMessage", "ChannelListener", "ChannelSetup", "FakeChannel", "FakeOptions", "MediaBug",
+           "switch_true"]
 
 log = logging.getLogger(__name__)
 
 MAX_QUEUED_MESSAGES = 1000
-BRIDGE_LEAD_FRAMES = 10
-"""``DEFAULT_LEAD_FRAMES`` of ``switch_ivr_bridge.c``: queued messages wait this long into a bridge."""
-_TRUE = frozenset({"yes", "on", "true", "t", "enabled", "active", "allow"})
-_DIALSTATUS = {"ORIGINATOR_CANCEL": "CANCEL", "USER_BUSY": "BUSY", "NO_ANSWER": "NOANSWER",
-               "DESTINATION_OUT_OF_ORDER": "INVALIDARGS", "INVALID_PROFILE": "INVALIDARGS",
-               "CALL_REJECTED": "DONTCALL"}
-_ALWAYS_CONTINUE = frozenset({"NO_ANSWER", "NO_USER_RESPONSE", "ORIGINATOR_CANCEL"})
-
-
-def switch_true(value: str | None) -> bool:
-    """FreeSWITCH's ``switch_true``: yes/on/true/t/enabled/active/allow or a non-zero number."""
-    value = (value or "").strip().lower()
-    return value in _TRUE or (value.lstrip("-").isdigit() and int(value) != 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,12 +158,9 @@ class FakeChannel:
         self._pending_dtmf: collections.deque[tuple[str, int]] = collections.deque(maxlen=64)
         self._pending_hangup: str | None = None
         self._socket_gone = False
-        self._profile = setup.profile
-        self._xfer: tuple[str, str, str] | None = None  # (exten, dialplan, context) while CF_TRANSFER
-        self.transferred_to: str | None = None
-        """The extension of the last ``transfer`` (None: never transferred)."""
-        self.bridged_to: str | None = None
-        """The dial string of the last ``bridge`` (None: never bridged)."""
+        self.profile = setup.profile
+        """The current caller profile (a transfer replaces it)."""
+        self.routing = ChannelRouting(self)
         self._batch: list[wire.EventMessage] = []
         self._ear = bytearray()
         self._caller = caller_track(caller_audio, setup.rate)
@@ -220,7 +171,7 @@ class FakeChannel:
         self.answered = Event()
         self.ended = Event()
         if setup.answered:
-            self._mark_answered(emit=False)
+            self.mark_answered(emit=False)
 
     # --- facts ------------------------------------------------------------------------------
     @property
@@ -240,11 +191,21 @@ class FakeChannel:
         """``time.monotonic()`` of the answer (of creation while unanswered): the call clock's zero."""
         return self._t0 + self._answer_frame * self._ptime
 
+    @property
+    def transferred_to(self) -> str | None:
+        """The extension of the last ``transfer`` (None: never transferred)."""
+        return self.routing.transferred_to
+
+    @property
+    def bridged_to(self) -> str | None:
+        """The dial string of the last ``bridge`` (None: never bridged)."""
+        return self.routing.bridged_to
+
     def get_var(self, name: str) -> str | None:
         """A channel variable, falling back to caller-profile fields like FreeSWITCH does."""
         value = self._vars.get(name)
         if value is None:
-            p = self._profile
+            p = self.profile
             value = {"destination_number": p.destination_number, "caller_id_number": p.caller_id_number,
                      "caller_id_name": p.caller_id_name, "ani": p.ani or p.caller_id_number,
                      "context": p.context, "dialplan": p.dialplan, "source": p.source, "rdnis": p.rdnis,
@@ -258,7 +219,7 @@ class FakeChannel:
             self._vars[name] = value
 
     def snapshot(self) -> wire.ChannelVars:
-        p, t = self._profile, self._times
+        p, t = self.profile, self._times
         profile = dataclasses.replace(p, created_us=t["created"], answered_us=t["answered"],
                                       progress_media_us=t["media"], hangup_us=t["hangup"])
         answer_state = ("hangup" if self._down else "answered" if self._answered
@@ -293,9 +254,9 @@ class FakeChannel:
 
     def uuid_break(self, all_: bool) -> None:
         """``uuid_break <uuid> [all]``: flush the queue (all), stop the running application."""
-        if all_ and self._queue:
-            self._listener.note("break.flush", ", ".join(m.app or m.command for m in self._queue))
-            self._queue.clear()
+        flushed = self.discard_queued() if all_ else ""
+        if flushed:
+            self._listener.note("break.flush", flushed)
         if self._broadcast:
             self._stop_broadcast, self._break = True, 1
         else:
@@ -306,7 +267,7 @@ class FakeChannel:
         """A hangup from outside the session thread (uuid_kill); False if already down."""
         if self._down:
             return False
-        self._hangup(cause, "external")
+        self.hangup(cause, "external")
         return True
 
     def caller_hangup(self, cause: str) -> None:
@@ -351,20 +312,49 @@ class FakeChannel:
         application then parses the queue once more and returns; a transferred channel goes on in
         its target extension; finally the channel hangs up."""
         self._greenlet = gevent.getcurrent()
-        while not self._down and not self._socket_gone and self._xfer is None:
-            self._parse_all()
-            if self._down or self._xfer is not None:
+        while not self._down and not self._socket_gone and not self.routing.transferring:
+            self.parse_all()
+            if self._down or self.routing.transferring:
                 break
-            self._next_frame(None)
-        self._parse_all()
+            self.next_frame(None)
+        self.parse_all()
         self._socket_app_returns()
-        if self._xfer is not None and not self._down:
-            self._in_transfer_target(*self._xfer)
+        if self.routing.transferring and not self._down:
+            self.routing.in_transfer_target()
         self._finish()
 
-    def _ready(self) -> bool:
+    # --- session-thread primitives (also driven by callbot.testing.fake_routing) -----------------
+    def ready(self) -> bool:
         """``switch_channel_ready``: not hung up and not being transferred (CF_TRANSFER)."""
-        return not self._down and self._xfer is None
+        return not self._down and not self.routing.transferring
+
+    def note(self, kind: str, detail: str) -> None:
+        """Record a timeline entry."""
+        self._listener.note(kind, detail)
+
+    def discard_queued(self) -> str:
+        """Drop every queued message (they never run and produce no events); their names, or ""."""
+        names = ", ".join(m.app or m.command for m in self._queue)
+        self._queue.clear()
+        return names
+
+    def discard_dtmf(self) -> None:
+        """Drop the digits the caller pressed (a bridge passes them to the far end)."""
+        self._dtmf.clear()
+
+    def reroute(self) -> None:
+        """The state machine routes the channel again (after a transfer): CHANNEL_STATE CS_ROUTING
+        (an inbound leg's call state RINGING, ``switch_channel_perform_set_running_state``), then
+        CHANNEL_STATE CS_EXECUTE (back to ACTIVE, or EARLY with early media)."""
+        inbound = self.setup.profile.direction == "inbound"
+        self._state, self._state_number = "CS_ROUTING", 2
+        if inbound:
+            self._call_state = "RINGING"
+        self.emit(wire.channel_event("CHANNEL_STATE", self.snapshot(), self.stamp()))
+        self._state, self._state_number = "CS_EXECUTE", 4
+        if inbound and (self._answered or self._pre_answered):
+            self._call_state = "ACTIVE" if self._answered else "EARLY"
+        self.emit(wire.channel_event("CHANNEL_STATE", self.snapshot(), self.stamp()))
 
     def _on_session(self) -> bool:
         return self._greenlet is not None and gevent.getcurrent() is self._greenlet
@@ -374,7 +364,7 @@ class FakeChannel:
             batch, self._batch = self._batch, []
             self._listener.deliver(batch)
 
-    def _next_frame(self, write: bytes | None) -> None:
+    def next_frame(self, write: bytes | None) -> None:
         """Play ``write`` (or nothing) this frame, feed the media bug, then wait for the next frame."""
         index = self._frame - self._answer_frame
         if write is not None and self._answered and not self._down and index >= 0:
@@ -403,9 +393,9 @@ class FakeChannel:
         if at is not None and self._answered and self._frame - self._answer_frame >= at:
             self.caller_hangup("NORMAL_CLEARING")
         if self._pending_hangup:
-            self._hangup(self._pending_hangup, "caller")
+            self.hangup(self._pending_hangup, "caller")
 
-    def _parse_all(self, limit: int | None = None) -> None:
+    def parse_all(self, limit: int | None = None) -> None:
         """``switch_ivr_parse_all_events``: run queued messages unless an event-locked one runs
         (``limit=1``: ``switch_ivr_parse_next_event``)."""
         while self._queue and not self._event_lock and not self._down and limit != 0:
@@ -415,7 +405,7 @@ class FakeChannel:
             if msg.command == "execute":
                 self._execute_message(msg)
             elif msg.command == "hangup":
-                self._hangup(msg.hangup_cause, "session")
+                self.hangup(msg.hangup_cause, "session")
             else:
                 self._listener.note("warning", f"call-command {msg.command!r} is not supported by the fake")
             self._event_lock -= msg.event_lock
@@ -450,7 +440,7 @@ class FakeChannel:
         if run is None:
             self._listener.note("warning", f"invalid application {app!r}: hangup DESTINATION_OUT_OF_ORDER")
             log.warning("fake FreeSWITCH: invalid application %r, hanging up", app)
-            self._hangup("DESTINATION_OUT_OF_ORDER", "session")
+            self.hangup("DESTINATION_OUT_OF_ORDER", "session")
             return False
         app_uuid = app_uuid or str(uuidlib.uuid4())
         self.set_var("current_application", app)
@@ -472,7 +462,7 @@ class FakeChannel:
 
     # --- applications (``run(channel, arg)``, on the session thread) ------------------------------
     def app_answer(self, arg: str) -> None:
-        self._mark_answered()
+        self.mark_answered()
 
     def app_pre_answer(self, arg: str) -> None:
         self.pre_answer()
@@ -491,7 +481,7 @@ class FakeChannel:
         self.set_var(arg.strip(), None)
 
     def app_hangup(self, arg: str) -> None:
-        self._hangup(arg or "NORMAL_CLEARING", "session")
+        self.hangup(arg or "NORMAL_CLEARING", "session")
 
     def app_nothing(self, arg: str) -> None:
         pass
@@ -499,7 +489,13 @@ class FakeChannel:
     def app_unsupported(self, arg: str) -> None:
         self._listener.note("warning", f"{self.get_var('current_application')} has no effect in the fake")
 
-    def _mark_answered(self, emit: bool = True) -> None:
+    def app_transfer(self, arg: str) -> None:
+        self.routing.transfer(arg)
+
+    def app_bridge(self, arg: str) -> None:
+        self.routing.bridge(arg)
+
+    def mark_answered(self, emit: bool = True) -> None:
         if self._answered:
             return
         self._answered = True
@@ -515,13 +511,13 @@ class FakeChannel:
         """Frames of silence while parsing the queue: ``done``, ``break`` or ``down``."""
         n = 0
         while frames is None or n < frames:
-            if not self._ready():
+            if not self.ready():
                 return "down"
             if self._break:
                 self._break = 0
                 return "break"
-            self._parse_all()
-            self._next_frame(None)
+            self.parse_all()
+            self.next_frame(None)
             n += 1
         return "done"
 
@@ -536,25 +532,25 @@ class FakeChannel:
         self._listener.note("playback.start", arg)
         gap, played, status = self._opts.playback_gap_ms // self._opts.ptime_ms, 0, "done"
         while True:
-            if not self._ready():
+            if not self.ready():
                 status = "error"
                 break
             if self._break:
                 self._break, status = 0, "break"
                 break
-            self._parse_all()
+            self.parse_all()
             if self._dtmf and self._terminated():
                 status = "break"
                 break
             if gap:
                 gap -= 1
-                self._next_frame(None)
+                self.next_frame(None)
                 continue
             chunk = source.read(self._frame_bytes)
             if not chunk:
                 break
             played += len(chunk)
-            self._next_frame(chunk)
+            self.next_frame(chunk)
         samples = played // 2
         for name, value in (("playback_last_offset_pos", samples), ("playback_seconds", samples // self.rate),
                             ("playback_ms", samples * 1000 // self.rate), ("playback_samples", samples)):
@@ -572,151 +568,8 @@ class FakeChannel:
                 return True
         return False
 
-    # --- transfer (see the module docstring) -----------------------------------------------------
-    def app_transfer(self, arg: str) -> None:
-        """``transfer [-bleg|-both] <exten> [<dialplan> [<context>]]`` (the fake has no b-leg)."""
-        argv = arg.split()
-        if argv and argv[0].lower() in ("-bleg", "-both"):
-            self._listener.note("warning", "transfer: No B-leg present.")
-            if argv[0].lower() == "-bleg":
-                return
-            argv = argv[1:] or [""]
-        if not argv:
-            self._listener.note("warning", "transfer: No extension specified.")
-            return
-        exten, dialplan, context = (argv + ["", ""])[:3]
-        self._session_transfer(exten, dialplan, context)
-
-    def _session_transfer(self, exten: str, dialplan: str, context: str) -> None:
-        """``switch_ivr_session_transfer``: new caller profile, variables, CF_TRANSFER (CS_ROUTING)."""
-        name = "max_session_transfers"
-        if not self.get_var(name):
-            name = "max_forwards"
-        value = self.get_var(name)
-        forwards = atoi(value) - 1 if value else 70
-        if forwards <= 0:
-            self._hangup("EXCHANGE_ROUTING_ERROR", "session")
-            return
-        self.set_var(name, str(forwards))
-        p = self._profile
-        dialplan = (dialplan or self.get_var("force_transfer_dialplan")
-                    or ("" if p.dialplan.lower() == "inline" else p.dialplan) or "XML")
-        context = context or self.get_var("force_transfer_context") or p.context or "default"
-        exten = exten or "service"
-        source = f"{int(time.time())}:{uuidlib.uuid4()}:bl_xfer:{exten}/{context}/{dialplan}"
-        self._profile = dataclasses.replace(
-            p, destination_number=exten, dialplan=dialplan, context=context, rdnis=p.destination_number,
-            transfer_source=source, profile_index=p.profile_index + 1, profile_created_us=int(time.time() * 1e6))
-        self.set_var("signal_bond", None)
-        history = self.get_var("transfer_history")  # SWITCH_STACK_PUSH: a second value makes an ARRAY::
-        items = (history[7:].split("|:") if history.startswith("ARRAY::") else [history]) if history else []
-        self.set_var("transfer_history", "ARRAY::" + "|:".join(items + [source]) if items else source)
-        self.set_var("transfer_source", source)
-        self._xfer, self.transferred_to = (exten, dialplan, context), exten
-        self._listener.note("transfer", f"{dialplan} {context} {exten}")
-
-    def _in_transfer_target(self, exten: str, dialplan: str, context: str) -> None:
-        """The state machine routes the transferred channel (CS_ROUTING, CS_EXECUTE, CF_TRANSFER
-        cleared); the target extension keeps it for ``transfer_hangup_after_s``, then hangs up."""
-        self._xfer = None
-        self._state, self._state_number = "CS_ROUTING", 2
-        if self.setup.profile.direction == "inbound":
-            self._call_state = "RINGING"
-        self.emit(wire.channel_event("CHANNEL_STATE", self.snapshot(), self.stamp()))
-        self._state, self._state_number = "CS_EXECUTE", 4
-        if self.setup.profile.direction == "inbound" and (self._answered or self._pre_answered):
-            self._call_state = "ACTIVE" if self._answered else "EARLY"
-        self.emit(wire.channel_event("CHANNEL_STATE", self.snapshot(), self.stamp()))
-        self._listener.note("transfer.target", f"in {dialplan} {context} {exten} (the fake's stand-in)")
-        hold = self._opts.transfer_hangup_after_s
-        frames = None if hold is None else round(hold / self._ptime)
-        n = 0
-        while not self._down and (frames is None or n < frames):
-            self._next_frame(None)
-            n += 1
-        if self._queue:
-            self._listener.note("warning", "sent after the transfer, never executed by the fake: "
-                                + ", ".join(m.app or m.command for m in self._queue))
-            self._queue.clear()
-        if not self._down:
-            self._hangup("NORMAL_CLEARING", "transfer target")
-
-    # --- bridge (see the module docstring) -------------------------------------------------------
-    def app_bridge(self, arg: str) -> None:
-        """``bridge <dial string>``: originate (always answered, or ``bridge_fail_cause``), then bridge."""
-        if not arg.strip():
-            return
-        self.bridged_to = arg
-        self._listener.note("bridge.originate", arg)
-        cause = self._opts.bridge_fail_cause
-        if cause:
-            self._bridge_failed(cause)
-            return
-        self.set_var("originate_disposition", "call accepted")
-        if not self._answered:
-            self._mark_answered()
-        peer_uuid = str(uuidlib.uuid4())
-        lead = (("Bridge-A-Unique-ID", self.setup.uuid), ("Bridge-B-Unique-ID", peer_uuid))
-        self.emit(wire.channel_event("CHANNEL_BRIDGE", self.snapshot(), self.stamp(), lead=lead))
-        peer_name = arg.rsplit("}", 1)[-1] if arg.startswith("{") else arg
-        for name, value in (("bridge_to", peer_uuid), ("last_bridge_to", peer_uuid), ("bridge_channel", peer_name),
-                            ("bridge_uuid", peer_uuid), ("signal_bond", peer_uuid)):
-            self.set_var(name, value)
-        ended_by = self._bridged()
-        if ended_by == "far end":
-            self.set_var("bridge_hangup_cause", "NORMAL_CLEARING")
-        self.emit(wire.channel_event("CHANNEL_UNBRIDGE", self.snapshot(), self.stamp(), lead=lead))
-        if ended_by == "far end":
-            self._after_bridge("NORMAL_CLEARING")
-
-    def _bridged(self) -> str:
-        """``audio_bridge_thread`` on this leg: who ended the bridge (``far end``, ``hangup``, ``transfer``)."""
-        self._listener.note("bridge.start", self.bridged_to or "")
-        frames = round(self._opts.bridge_duration_s / self._ptime)
-        n, ended_by = 0, "far end"
-        while n < frames:
-            self._dtmf.clear()  # DTMF goes to the far end
-            if n > BRIDGE_LEAD_FRAMES:
-                self._parse_all(limit=1)
-            if not self._ready():
-                ended_by = "hangup" if self._down else "transfer"
-                break
-            self._next_frame(None)
-            n += 1
-        self._dtmf.clear()
-        self._listener.note("bridge.end", f"{ended_by} after {n * self._opts.ptime_ms} ms")
-        return ended_by
-
-    def _after_bridge(self, cause: str) -> None:
-        """The end of ``switch_ivr_multi_threaded_bridge`` when the far end hung up."""
-        hup = self.get_var("hangup_after_bridge")
-        where = self.get_var("transfer_after_bridge")
-        if (hup or "").strip().lower() == "explicit" or switch_true(hup):
-            self._hangup(cause, "hangup_after_bridge")
-        elif where:
-            self.set_var("transfer_after_bridge", None)
-            self._session_transfer(*(where.split(":", 2) + ["", ""])[:3])
-        elif switch_true(self.get_var("park_after_bridge")):
-            self._listener.note("warning", "park_after_bridge is not modelled: back to the socket app")
-
-    def _bridge_failed(self, cause: str) -> None:
-        """The originate failed: variables, then ``switch_channel_handle_cause`` (a subset)."""
-        self.set_var("originate_disposition", cause)
-        self.set_var("DIALSTATUS", _DIALSTATUS.get(cause, cause))
-        self.set_var("originate_failed_cause", cause)
-        self._listener.note("bridge.failed", cause)
-        carry_on = self.get_var("continue_on_fail")
-        if carry_on is not None:
-            if switch_true(carry_on) or {cause, str(wire.q850(cause))} & {
-                    c.strip().upper() for c in carry_on.split(",")}:
-                return
-        elif cause in _ALWAYS_CONTINUE:
-            return
-        if self._xfer is None:
-            self._hangup(cause, "bridge failed")
-
     # --- hangup ---------------------------------------------------------------------------------
-    def _hangup(self, cause: str, origin: str) -> None:
+    def hangup(self, cause: str, origin: str) -> None:
         """``switch_channel_hangup``: CHANNEL_HANGUP now; the session thread unwinds and finishes."""
         if self._down:
             return
@@ -735,7 +588,7 @@ class FakeChannel:
 
     def _socket_app_returns(self) -> None:
         """The park loop ends (CHANNEL_UNPARK) and the socket application returns (its EXECUTE_COMPLETE)."""
-        if not self._down and self._xfer is None:
+        if not self._down and not self.routing.transferring:
             self._listener.note("socket.gone", "socket app returned; dialplan ends")
         self.emit(wire.channel_event("CHANNEL_UNPARK", self.snapshot(), self.stamp()))
         response = self.get_var("current_application_response") or "_none_"
@@ -745,7 +598,7 @@ class FakeChannel:
     def _finish(self) -> None:
         """The dialplan has nothing left: hang up (if still up), states, HANGUP_COMPLETE."""
         if not self._down:
-            self._hangup("NORMAL_CLEARING", "session")
+            self.hangup("NORMAL_CLEARING", "session")
         bug, self.bug = self.bug, None
         if bug is not None:
             bug.on_channel_hangup()
