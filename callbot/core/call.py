@@ -24,6 +24,7 @@ from .chunking import ChunkPolicy
 from .commands import (Command, CloseModel, ConnectModel, EndCall, EslExecute, EslHangup, SendModel, SetUplink,
                        StartMediaStream, StopMediaStream, WriteRecord)
 from .conversation import Conversation
+from .model_session import RESUME_INSTRUCTIONS, ModelSession, reseed_items
 from .playout import FilePlayout
 from .routing import select_persona
 from .session_config import greeting_response, server_interrupts, session_update
@@ -43,6 +44,8 @@ HANGUP_COMPLETE_S = 2.0
 MODEL_FAILURE_CAUSE = "NORMAL_TEMPORARY_FAILURE"
 MEDIA_FAILURE_CAUSE = "NORMAL_TEMPORARY_FAILURE"
 NO_PERSONA_CAUSE = "UNALLOCATED_NUMBER"
+FALLBACK_MAX_S = 60.0
+"""Longest wait for the on_model_failure prompt to finish playing."""
 
 
 class CallCore:
@@ -62,7 +65,9 @@ class CallCore:
         self._answered = False
         self._media_started = False
         self._media_restarts = 0
-        self._model_open = False
+        self.model = ModelSession()
+        self._fallback_uuid: str | None = None
+        self._fallback_until: float | None = None
         self._channel_gone = False
         self._end_by: float | None = None
         self._items_playing: set[str] = set()
@@ -109,7 +114,8 @@ class CallCore:
         """The monotonic time at which ``Tick`` must be delivered, or None."""
         deadlines = [self._end_by]
         if self.conversation is not None and self.control is not None and self.phase == ACTIVE:
-            deadlines += [self.conversation.next_deadline, self.control.next_deadline]
+            deadlines += [self.conversation.next_deadline, self.control.next_deadline, self.model.deadline,
+                          self._stall_deadline(), self._fallback_until]
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
@@ -177,6 +183,8 @@ class CallCore:
     def _on_execute_completed(self, event: ev.ExecuteCompleted, now: float) -> list[Command]:
         if event.app_uuid and event.app_uuid == self._answer_uuid:
             return self._on_answered(ev.ChannelAnswered(), now)
+        if event.app_uuid and event.app_uuid == self._fallback_uuid and self.phase == ACTIVE:
+            return self._after_model_failure(now)
         if self.conversation is not None:
             self.conversation.playout.on_execute_completed(event.app_uuid, event.playback_ms, now)
         return []
@@ -243,13 +251,17 @@ class CallCore:
     # --- the model -------------------------------------------------------------------------
 
     def _on_model_connected(self, event: ev.ModelConnected, now: float) -> list[Command]:
-        if self.phase != ACTIVE or self.persona is None:
+        if self.phase != ACTIVE or self.persona is None or self.conversation is None:
             return [CloseModel(1000, "call over")]
-        self._model_open = True
-        self._add(now, "model.connected")
+        reconnected = self.model.opened(now)
         cmds: list[Command] = [SendModel(session_update(self.persona, self.config.realtime.audio_format)),
                                SetUplink(True)]
-        if self.persona.greeting and self.conversation is not None:
+        if reconnected:
+            items = reseed_items(self.record.entries)
+            self._add(now, "model.reconnected", items=len(items))
+            return cmds + [SendModel(i) for i in items] + self.conversation.request_response(now, RESUME_INSTRUCTIONS)
+        self._add(now, "model.connected")
+        if self.persona.greeting:
             cmds += self.conversation.request(greeting_response(self.persona))
             self._add(now, "greeting.requested")
         return cmds
@@ -259,23 +271,65 @@ class CallCore:
         if self.phase != ACTIVE:
             return []
         log.error("call %s: model connection failed (%s): %s", self._uuid, event.status, event.reason)
-        return self._begin_end(now, "bot", MODEL_FAILURE_CAUSE, "model unavailable", hangup=True)
+        return self._model_failed("model unavailable", now)
 
     def _on_model_closed(self, event: ev.ModelClosed, now: float) -> list[Command]:
-        was_open, self._model_open = self._model_open, False
         self._add(now, "model.closed", code=event.code, reason=event.reason)
-        if self.phase != ACTIVE or not was_open:
+        if self.phase != ACTIVE or not self.model.open:
             return []
-        log.error("call %s: model session lost (%s %s): hanging up", self._uuid, event.code, event.reason)
-        return self._on_model_fatal(f"model session lost ({event.code})", now)
+        return self._model_lost(f"model session lost ({event.code} {event.reason})", now)
+
+    def _stall_deadline(self) -> float | None:
+        """When model silence counts as a stall; not while an armed action (end_call, transfer)
+        waits for the bot's last words: that wait has its own bound."""
+        if self.conversation is None or self.control is None or self.control.action is not None:
+            return None
+        return self.model.stall_deadline(self.conversation.expecting)
+
+    def _model_lost(self, reason: str, now: float) -> list[Command]:
+        """The open session ended or stalled: one reconnect, then the failure policy."""
+        if not self.model.lost(now) or self.conversation is None:
+            log.error("call %s: %s, and the one reconnect is used up", self._uuid, reason)
+            return self._model_failed("model session lost", now)
+        log.warning("call %s: %s: reconnecting once", self._uuid, reason)
+        self._add(now, "model.reconnecting", reason=reason)
+        cmds = self.conversation.stop_audio(now)
+        self.conversation.reset_session()
+        return cmds + [SetUplink(False), CloseModel(1000, "reconnecting"), ConnectModel()]
 
     def _on_model_fatal(self, reason: str, now: float) -> list[Command]:
+        return self._model_failed(reason, now)
+
+    def _model_failed(self, reason: str, now: float) -> list[Command]:
+        """No model any more: the persona's on_model_failure policy (prompt, then hangup or transfer)."""
+        self.model.open, self.model.reconnecting_until = False, None
         cmds = self.conversation.stop_audio(now) if self.conversation is not None else []
-        return cmds + self._begin_end(now, "bot", MODEL_FAILURE_CAUSE, reason, hangup=True)
+        cmds += [SetUplink(False), CloseModel(1000, "model failed")]
+        self._add(now, "model.failed", reason=reason)
+        self.record.end_reason = reason
+        policy = self.persona.on_model_failure if self.persona is not None else None
+        if policy is not None and policy.fallback_prompt:  # queued behind the answer if it is still running
+            self._fallback_uuid = f"callbot-{self._uuid[:8]}-fallback"
+            self._fallback_until = now + FALLBACK_MAX_S
+            return cmds + [EslExecute("playback", policy.fallback_prompt, app_uuid=self._fallback_uuid,
+                                      event_lock=True)]
+        return cmds + self._after_model_failure(now)
+
+    def _after_model_failure(self, now: float) -> list[Command]:
+        self._fallback_uuid = self._fallback_until = None
+        policy = self.persona.on_model_failure if self.persona is not None else None
+        reason = self.record.end_reason or "model unavailable"
+        if policy is not None and policy.then == "transfer" and self.control is not None:
+            target = self.control.target(policy.target or "")
+            if target is not None:
+                return self._perform(Action("transfer", f"{reason}: transferred to {target.name}", target), now)
+        cause = policy.cause if policy is not None else MODEL_FAILURE_CAUSE
+        return self._begin_end(now, "bot", cause, reason, hangup=True)
 
     def _on_model_event(self, event: ev.ModelEvent, now: float) -> list[Command]:
-        if self.conversation is None or self.control is None or self.phase != ACTIVE:
+        if self.conversation is None or self.control is None or self.phase != ACTIVE or not self.model.open:
             return []
+        self.model.on_event(now)
         if event.type in ("input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped"):
             self.control.on_caller_activity(now)
         return self.conversation.on_model_event(event.data, now)
@@ -336,6 +390,14 @@ class CallCore:
             return self._finish(now, self.record.end_reason or "ended")
         if self.phase != ACTIVE or self.conversation is None or self.control is None:
             return []
+        if self._fallback_until is not None and now >= self._fallback_until:
+            return self._after_model_failure(now)
+        if self.model.deadline is not None and now >= self.model.deadline:
+            return self._model_failed("model reconnect timed out", now)
+        stall = self._stall_deadline()
+        if stall is not None and now >= stall:
+            self._add(now, "model.stalled")
+            return self._model_lost("model stalled", now)
         cmds = self.conversation.on_tick(now)
         instructions = self.control.on_tick(self.conversation.quiet, now)
         if instructions is not None:
@@ -383,9 +445,9 @@ class CallCore:
         cmds: list[Command] = [SetUplink(False)]
         if self.conversation is not None:
             cmds += self.conversation.stop_audio(now) if not self._channel_gone else []
-        if self._model_open or self.persona is not None:
+        if self.persona is not None:
             cmds.append(CloseModel(1000, "call ended"))
-            self._model_open = False
+            self.model.open = False
         if self._media_started:
             cmds.append(StopMediaStream(send_api=not self._channel_gone and not hangup))
         if hangup and not self._channel_gone:

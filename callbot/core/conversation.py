@@ -21,7 +21,8 @@ from .tools import BuiltinCall, ToolCalls
 
 log = logging.getLogger(__name__)
 
-FATAL_ERROR_CODES = frozenset({"invalid_api_key", "beta_api_shape_disabled", "session_expired"})
+FATAL_ERROR_CODES = frozenset({"invalid_api_key", "beta_api_shape_disabled"})
+"""Errors no reconnect can cure. (``session_expired`` is followed by a 1001 close: it reconnects.)"""
 HARMLESS_ERROR_CODES = frozenset({"response_cancel_not_active"})
 BUSY_ERROR_CODE = "conversation_already_has_active_response"
 
@@ -144,6 +145,23 @@ class Conversation:
         deadlines = [d for d in (self.playout.next_deadline, self.barge_in.pending_at) if d is not None]
         return min(deadlines) if deadlines else None
 
+    @property
+    def expecting(self) -> bool:
+        """A response is active or requested: the model owes us events."""
+        return self.active_response is not None or self._requested is not None
+
+    def reset_session(self) -> None:
+        """The model session is gone: forget what belonged to it (responses, requests, pending
+        tool calls whose call_ids the next session will not know)."""
+        self.active_response = None
+        self._requested = self._last_sent = None
+        self._wanted.clear()
+        self._hold = False
+        self.responses.clear()
+        self._fillers.clear()
+        self.tools.pending.clear()
+        self.tools.done_responses.clear()
+
     def stop_audio(self, now: float) -> list[Command]:
         """Stop and drop all bot audio (the model is gone or the call is ending)."""
         if not self.playout.audible:
@@ -156,8 +174,8 @@ class Conversation:
     def _on_audio_delta(self, data: Mapping[str, Any], now: float) -> list[Command]:
         response_id = data["response_id"]
         state = self.responses.get(response_id)
-        if state is not None and state.cancelled:
-            return []  # late audio of a cancelled response never reaches the caller
+        if state is None or state.cancelled:
+            return []  # late audio of a cancelled (or forgotten) response never reaches the caller
         item_id = data["item_id"]
         if state is not None and state.first_delta_at is None:
             state.first_delta_at = now
