@@ -228,3 +228,18 @@ def test_every_captured_event_translates_without_raising(captures: Path) -> None
             count += 1
     print(f"translated {count} captured events")
     assert count > 500
+
+
+def test_a_dtmf_digit_that_no_keypad_sends_is_dropped():
+    from greenswitch.esl import ESLEvent
+
+    from callbot.core.events import Dtmf
+    from callbot.esl.translate import to_core_event
+
+    def dtmf(digit: str):
+        event = ESLEvent("")
+        event.headers.update({"Event-Name": "DTMF", "DTMF-Digit": digit, "DTMF-Duration": "800"})
+        return to_core_event(event)
+
+    assert dtmf("5") == Dtmf("5", 100) and dtmf("#") == Dtmf("#", 100)
+    assert dtmf("%ZZ") is None and dtmf("55") is None and dtmf("") is None

@@ -16,6 +16,8 @@ __all__ = ["CUSTOM_SUBCLASSES", "OPENAI_MODULE_SUBCLASSES", "call_info", "to_cor
 logger = logging.getLogger(__name__)
 
 DTMF_SAMPLES_PER_MS = 8
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
+"""What a keypad can send; anything else in DTMF-Digit is malformed and never reaches the model."""
 """FreeSWITCH reports ``DTMF-Duration`` in samples at 8 kHz."""
 
 CUSTOM_SUBCLASSES: tuple[str, ...] = (
@@ -132,7 +134,10 @@ def _hangup_complete(headers: Mapping[str, str], body: str | None) -> ev.Event:
 def _dtmf(headers: Mapping[str, str], body: str | None) -> ev.Event:
     samples = headers.get("DTMF-Duration", "")
     duration = int(samples) // DTMF_SAMPLES_PER_MS if samples.isascii() and samples.isdigit() else 0
-    return ev.Dtmf(digit=_need(headers, "DTMF-Digit"), duration_ms=duration)
+    digit = _need(headers, "DTMF-Digit")
+    if digit not in DTMF_DIGITS:
+        raise _Malformed(f"DTMF-Digit {digit[:8]!r} is not a keypad digit")
+    return ev.Dtmf(digit=digit, duration_ms=duration)
 
 
 # --- module CUSTOM events ---------------------------------------------------------------------

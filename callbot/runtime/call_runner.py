@@ -2,12 +2,13 @@
 
 ``CallRunner.run()`` is the whole life of a call, from the accepted ESL socket to the closed one.
 It owns: the ESL session (and its reader greenlet), the model client (its connect greenlet and
-reader greenlet), the media endpoint registration, a bounded inbox, and the record write. All of
-them are released in one ``finally``, whatever ended the call.
+reader greenlet), the uplink sender (and its greenlet), the media endpoint registration, a bounded
+inbox, and the record write. All of them are released in one ``finally``, whatever ended the call.
 
 Threads of control per call: the ESL reader and the model reader post events to the inbox; the
-media endpoint's connection greenlet runs the uplink hot path (caller frame -> append -> model)
-without touching the inbox, except for connect/close.
+media endpoint's connection greenlet runs the uplink hot path (caller frame -> append -> the
+:class:`~callbot.runtime.uplink_sender.UplinkSender`'s bounded queue, whose own greenlet writes to
+the model) without touching the inbox, except for connect/close.
 """
 from __future__ import annotations
 
@@ -31,10 +32,12 @@ from ..esl.translate import CUSTOM_SUBCLASSES, call_info, to_core_event
 from ..model.client import ModelConnectError, RealtimeClient, realtime_url
 from ..records import write_record
 from .tool_runner import CallContext, ToolRunner
+from .uplink_sender import UplinkSender
 
 if TYPE_CHECKING:
     from ..config import AppConfig
     from ..media.endpoint import MediaEndpoint, MediaRegistration
+    from ..records import CallRecord
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,8 @@ POST_TIMEOUT_S = 5.0
 IDLE_WAKE_S = 30.0
 """Upper bound on any inbox wait, so a call with no deadline still notices a stuck state."""
 ESL_ERRORS = (NotConnectedError, OutboundSessionHasGoneAway, EslTimeout, OSError)
+UPLINK_QUEUE_S = 2.0
+"""Caller audio queued toward a model that is not draining; beyond it the oldest is dropped."""
 
 
 class CallRunner:
@@ -70,6 +75,7 @@ class CallRunner:
         self._media: MediaRegistration | None = None
         self._uplink: Uplink | None = None
         self._uplink_on = False
+        self._sender: UplinkSender | None = None
         self._media_generation = 0
         self._tools: ToolRunner | None = None
         self._local: deque[ev.Event] = deque()
@@ -138,11 +144,33 @@ class CallRunner:
         self._post(ev.EslClosed(reason))
 
     def on_media_frame(self, frame: bytes | bytearray) -> None:
-        """HOT PATH: one caller frame -> (maybe) one append to the model."""
+        """HOT PATH: one caller frame -> (maybe) one append queued for the model. Never blocks."""
         if self._uplink_on:
             text = self._uplink.feed(frame)  # type: ignore[union-attr]
             if text is not None:
-                self._model.send_text(text)  # type: ignore[union-attr]
+                self._sender.push(text)  # type: ignore[union-attr]
+
+    # --- the uplink toward the model ---------------------------------------------------------
+
+    @property
+    def uplink_dropped(self) -> int:
+        """Caller-audio appends dropped because the model was not draining (oldest first)."""
+        return self._sender.dropped if self._sender is not None else 0
+
+    def _send_uplink(self, text: str) -> bool:
+        """The sender greenlet's send: to whichever model session is current (a reconnect replaces it)."""
+        model = self._model
+        return model is not None and model.send_text(text)
+
+    def _stop_uplink(self) -> None:
+        self._uplink_on = False
+        if self._sender is not None:
+            self._sender.stop()
+
+    def _note_uplink(self, record: CallRecord) -> None:
+        """Put the uplink's drop count in the record (just before it is written)."""
+        if self._sender is not None and record.first("uplink.dropped") is None:
+            record.add(self.clock() - self.core.t0, "uplink.dropped", count=self._sender.dropped)
 
     # --- commands --------------------------------------------------------------------------
 
@@ -184,7 +212,7 @@ class CallRunner:
 
     def _send_media_text(self, c: cmd.SendMediaText) -> None:
         if self._media is None or not self._media.send_text(c.text):
-            log.warning("call %s: media endpoint not connected: bot audio chunk lost", self.uuid)
+            log.info("call %s: media endpoint not connected (call ending?): bot audio chunk not sent", self.uuid)
 
     def _connect_model(self, c: cmd.ConnectModel) -> None:
         api_key = self.config.api_key()
@@ -221,9 +249,16 @@ class CallRunner:
             self._model = None
 
     def _set_uplink(self, c: cmd.SetUplink) -> None:
-        if c.enabled and self._uplink is None:
+        if not c.enabled:
+            self._stop_uplink()
+            if self._uplink is not None:
+                self._uplink.reset()  # a partial batch belongs to the session being closed
+            return
+        if self._uplink is None:
             self._uplink = Uplink(self.config.media.rate, self.config.realtime.audio_format)
-        self._uplink_on = c.enabled and self._model is not None
+            queue = max(1, round(UPLINK_QUEUE_S * 1000 / self._uplink.batch_ms))
+            self._sender = UplinkSender(self._send_uplink, queue, self.uuid)
+        self._uplink_on = self._model is not None
 
     def _run_tool(self, c: cmd.RunTool) -> None:
         if self._tools is None:
@@ -235,6 +270,7 @@ class CallRunner:
         self._tools.start(c.call_id, c.name, c.arguments, c.timeout_s)
 
     def _write_record(self, c: cmd.WriteRecord) -> None:
+        self._note_uplink(c.record)
         try:
             self.record_path = write_record(c.record, self.config.records_dir)
         except OSError as exc:
@@ -262,7 +298,7 @@ class CallRunner:
             self._write_record(cmd.WriteRecord(record))
 
     def _release(self) -> None:
-        self._uplink_on = False
+        self._stop_uplink()
         if self._tools is not None:
             self._tools.stop()
         self._close_model(cmd.CloseModel(1000, "call ended"))

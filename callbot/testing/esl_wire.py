@@ -404,3 +404,35 @@ def cdr_variables(cause: str, created_us: int, answered_us: int, hangup_us: int)
         ("start_epoch", str(start)), ("answer_epoch", str(answer)), ("end_epoch", str(end)),
         ("duration", str(end - start)), ("billsec", str(end - answer) if answer else "0"),
     ]
+
+
+# --- broken bytes, for fault tests (never what FreeSWITCH writes) ------------------------------
+
+def truncated_event(uuid: str) -> bytes:
+    """The first half of a plain DTMF event for ``uuid``: its Content-Length promises more than follows.
+
+    Send it, then drop the connection (``FakeCall.drop_esl``): FreeSWITCH died in the middle of a write.
+    """
+    whole = event_plain([("Event-Name", "DTMF"), ("Unique-ID", uuid), ("DTMF-Digit", "5"),
+                         ("DTMF-Duration", "800")])
+    return whole[:len(whole) // 2]
+
+
+def short_content_length() -> bytes:
+    """An ``api/response`` whose Content-Length (4) is shorter than its body: the rest of the body
+    is then read as a header block, which is not one."""
+    body = b"+OK this body is longer than its Content-Length says\n"
+    return b"Content-Type: api/response\nContent-Length: 4\n\n" + body + b"\n"
+
+
+def huge_content_length(size: int = 20 * 1024 * 1024) -> bytes:
+    """A message header announcing a ``size``-byte body (20 MB by default); no body follows."""
+    return b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % size
+
+
+def bad_url_encoding_event(uuid: str) -> bytes:
+    """A well-framed plain DTMF event for ``uuid`` whose values are not valid URL-encoding:
+    ``%ZZ`` (not hex), a lone ``%`` and ``%FF%FE`` (bytes that are not UTF-8 once decoded)."""
+    payload = (f"Event-Name: DTMF\nUnique-ID: {uuid}\nCaller-Caller-ID-Name: %FF%FE%\n"
+               f"DTMF-Digit: %ZZ\nDTMF-Duration: %G0\n\n").encode()
+    return b"Content-Length: %d\nContent-Type: text/event-plain\n\n%s" % (len(payload), payload)

@@ -19,6 +19,10 @@ after hangup a lingering listener gets the events then the ``linger`` notice (be
 ``FakeOptions.linger_scale``) after the ``disconnect`` notice; without linger the notice and
 EOF follow CHANNEL_HANGUP_COMPLETE; an app that closes its socket does not hang the call up.
 
+Faults for robustness tests: ``call.drop_esl()`` (the ESL connection ends with no notice) and
+``call.send_garbage(data)`` (raw bytes on the ESL socket; see the builders in ``esl_wire``), besides
+the media faults of ``FakeOptions`` (``handshake_delay_s``, ``drop_stream_at_s``).
+
 ``transfer`` and ``bridge`` (details and sources in :mod:`callbot.testing.fake_channel`): a
 transfer takes the channel out of the socket application but, as in FreeSWITCH's async outbound
 mode, does NOT close the socket: the app keeps receiving the channel's events (and the usual
@@ -33,6 +37,7 @@ from __future__ import annotations
 import itertools
 import logging
 import shutil
+import struct
 import tempfile
 import time
 import uuid as uuidlib
@@ -169,6 +174,27 @@ class _EslLink:
         except OSError:
             pass
         self._sock.close()
+
+    def drop(self, rst: bool) -> None:
+        """Fault: end the TCP connection with no disconnect notice (FIN, or RST with ``rst``)."""
+        if self.closed.is_set():
+            return
+        self._call.note("esl.dropped", "RST" if rst else "FIN, no notice")
+        self.closed.set()
+        try:
+            if rst:
+                self._sock.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:
+                self._sock.shutdown(gsocket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        self._call.channel.socket_gone()
+
+    def write_raw(self, data: bytes) -> None:
+        """Fault: ``data`` as-is, between whole messages (never inside one)."""
+        self._call.note("esl.garbage", f"{len(data)} bytes: {data[:60]!r}")
+        self._write(data)
 
     def _closed_by_app(self) -> None:
         if not self.closed.is_set():
@@ -406,6 +432,7 @@ class FakeCall:
         ``hangup`` (cause and origin) / ``caller.hangup`` / ``uuid_kill`` / ``socket.gone``; ``dtmf``;
         ``stream.open`` / ``stream.text_in`` / ``stream.text_out`` / ``stream.rejected`` / ``stream.error`` /
         ``stream.closed_by_server`` / ``stream.drop`` / ``stream.closed``; ``file.write`` / ``file.delete``;
+        ``esl.dropped`` / ``esl.garbage`` (faults injected with :meth:`drop_esl` / :meth:`send_garbage`);
         ``transfer`` (dialplan, context, extension) / ``transfer.target`` (the channel left the socket
         app for it); ``bridge.originate`` / ``bridge.failed`` / ``bridge.start`` / ``bridge.end`` (who
         ended it and how long it lasted);
@@ -437,6 +464,18 @@ class FakeCall:
     def send_dtmf(self, digit: str, duration_ms: int = 100) -> None:
         """The caller presses a key (DTMF event; ``*`` stops a running playback)."""
         self.channel.send_dtmf(digit, duration_ms)
+
+    def drop_esl(self, *, rst: bool = False) -> None:
+        """Fault: the ESL TCP connection ends abruptly, with no disconnect notice (FreeSWITCH crashed,
+        the network broke): FIN, or RST with ``rst``. The channel then acts as when the app's socket is
+        gone: the running application finishes, then the channel hangs up NORMAL_CLEARING."""
+        self._link.drop(rst)
+
+    def send_garbage(self, data: bytes) -> None:
+        """Fault: write ``data`` as-is on the ESL socket, between two whole messages. Builders of
+        typical broken bytes are in :mod:`callbot.testing.esl_wire` (``truncated_event``,
+        ``short_content_length``, ``huge_content_length``, ``bad_url_encoding_event``)."""
+        self._link.write_raw(data)
 
     def heard_pcm(self) -> bytes:
         """What the caller heard: S16LE at the channel rate from answer on, silence where nothing played."""

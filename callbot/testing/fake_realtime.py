@@ -36,7 +36,8 @@ Faults (set on ``fake.faults`` before the connection/response they should affect
 ``session_max_s`` (then ``session_expired`` + close 1001), ``stall_after_ms`` (each response stops
 sending after that much audio until cancelled or the connection ends). Per session at any time:
 ``session.drop()``, ``session.drop(rst=True)``, ``session.close(code, reason)``, ``session.expire()``,
-``session.stall()``, ``session.inject(event)``.
+``session.stall()``, ``session.pause_reading()`` (stop reading client events: the client's sends
+block once the TCP buffers fill), ``session.inject(event)``.
 """
 from __future__ import annotations
 

@@ -119,6 +119,8 @@ class FakeSession:
         self._cursor = script.cursor()
         self._on_bug = on_bug
         self._send_lock = Semaphore()
+        self._reading = Event()
+        self._reading.set()
         self._gone = False
         self._active: ResponseRun | None = None
         self._items: dict[str, dict[str, Any]] = {}
@@ -212,8 +214,18 @@ class FakeSession:
         if self._active is not None:
             self._active.stall(stalled)
 
+    def pause_reading(self, paused: bool = True) -> None:
+        """Stop (or resume) reading client events, as a model whose socket stopped draining: once
+        the TCP buffers are full the client's sends block. Server events still go out. While paused
+        the client's close is not seen either; :meth:`close` and :meth:`drop` resume reading."""
+        if paused:
+            self._reading.clear()
+        else:
+            self._reading.set()
+
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Send a close frame (``code``, ``reason``); the connection ends after the client's echo."""
+        self._reading.set()
         self._ws.close(code, reason)
 
     def drop(self, *, rst: bool = False) -> None:
@@ -222,6 +234,7 @@ class FakeSession:
         Sends FIN at once; with ``rst=True`` the socket also gets ``SO_LINGER 0``, so its final close
         (right after) resets the connection: the client sees EOF or ``ECONNRESET``, whichever comes first.
         """
+        self._reading.set()
         sock = self._ws.handler.socket
         try:
             if rst:
@@ -264,6 +277,7 @@ class FakeSession:
 
     def _read_loop(self) -> None:
         while True:
+            self._reading.wait()  # see pause_reading(); close() and drop() set it
             message = self._ws.receive()
             if message is None:
                 return
