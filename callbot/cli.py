@@ -25,13 +25,15 @@ DEFAULT_CONFIG = "config/callbot.yaml"
 LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s"
 
 
-def configure_logging(level: str) -> None:
-    """Set the root log level; add one stderr handler with timestamps unless one exists."""
+def configure_logging(level: str, tag: str = "") -> None:
+    """Set the root log level; add one stderr handler with timestamps unless one exists.
+    ``tag`` prefixes every message (``[w1] `` in worker 1 of ``serve --workers``)."""
     root = logging.getLogger()
     root.setLevel(level.upper())
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT, "%Y-%m-%d %H:%M:%S"))
+        handler.setFormatter(logging.Formatter(LOG_FORMAT.replace("%(name)s", tag + "%(name)s"),
+                                               "%Y-%m-%d %H:%M:%S"))
         root.addHandler(handler)
 
 
@@ -44,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=DEFAULT_CONFIG, help=f"default: {DEFAULT_CONFIG}")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                        help="overrides log_level from the config file")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="run N worker processes (one core each) sharing the ESL port; worker i "
+                            "serves media on media.listen port + i (default 1: one process)")
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor
     check = commands.add_parser("check-config", help="validate the configuration and personas, "
                                                       "print a summary and the dialplan line")
     check.add_argument("--config", default=DEFAULT_CONFIG, help=f"default: {DEFAULT_CONFIG}")
@@ -71,7 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print(format_summary(config))
         return 0
-    configure_logging(args.log_level or config.log_level)
+    from callbot.runtime.workers import check_workers
+    try:
+        check_workers(config, args.workers)
+    except ConfigError as exc:
+        print(f"callbot: configuration error: {exc}", file=sys.stderr)
+        return 2
+    tag = "" if args.worker_index is None else f"[w{args.worker_index}] "
+    configure_logging(args.log_level or config.log_level, tag=tag)
     from callbot.runtime.server import serve
     return serve(config, args)
 

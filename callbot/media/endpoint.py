@@ -223,7 +223,8 @@ class _MediaApplication:
         if ws is None or reg is None:
             start_response("426 Upgrade Required", [("Content-Type", "text/plain")])
             return [b"WebSocket only"]
-        ws.handler.socket.settimeout(self._endpoint.idle_timeout_s)
+        ws.set_idle_timeout(self._endpoint.idle_timeout_s)
+        ws.send_timeout_s = self._endpoint.idle_timeout_s
         if not reg._attach(ws):
             ws.close(1000, "call ended")
             return []

@@ -10,14 +10,23 @@ Settings from the measurements in the project's references: ``skip_utf8_validati
 pure-Python validator was ~55 % of the CPU), no ``OpenAI-Beta`` header (the GA server closes
 beta clients with 4000), a socket timeout after connect used as an idle ping interval, and
 ``send_close`` + the reader seeing the echo instead of ``close()`` from another greenlet.
+
+Text frames (every ``input_audio_buffer.append``: the hot path) are framed here, not by
+websocket-client: header, a mask key from a pool filled by ``os.urandom``, one big-integer XOR,
+one ``send`` under websocket-client's own send lock (so they never interleave with its pongs
+and close frame). 3.5 us instead of 6.5 us to frame a 1.3 kB append, and one syscall per send. Incoming audio
+deltas are decoded with ``json.loads`` like every other event: a hand-made fast path for them
+saved 1 us per delta (~10 us per call-second), not worth a second parser.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import struct
-from typing import Any, Callable
-from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import gevent
 import websocket
@@ -26,6 +35,8 @@ log = logging.getLogger(__name__)
 
 CLOSE_WAIT_S = 1.0
 """How long ``close()`` waits for the server's close echo before cutting the socket."""
+MASK_POOL_BYTES = 1024
+"""Random bytes fetched per ``os.urandom`` call for client mask keys (256 frames' worth)."""
 
 
 class ModelConnectError(Exception):
@@ -62,6 +73,8 @@ class RealtimeClient:
         self._closed_reported = False
         self._closing = False
         self._bad_frames = 0
+        self._masks = b""
+        self._mask_pos = 0
 
     def __repr__(self) -> str:  # never shows the key
         return f"RealtimeClient({self._url!r}, connected={self.connected})"
@@ -86,15 +99,29 @@ class RealtimeClient:
         self._reader = gevent.spawn(self._read_loop)
 
     def send_text(self, text: str) -> bool:
-        """Send one text frame; False (and nothing raised) if the session is gone."""
+        """Send one text frame; False (and nothing raised) if the session is gone. HOT PATH."""
         ws = self._ws
         if ws is None or self._closing:
             return False
+        sock = ws.sock
+        if sock is None:
+            return False
+        frame = text_frame(text.encode("utf-8"), self._mask_key())
         try:
-            ws.send(text)
+            with ws.lock:
+                sent = sock.send(frame)  # one syscall; gevent's sendall adds a getsockopt per call
+                if sent < len(frame):
+                    sock.sendall(memoryview(frame)[sent:])
             return True
         except (OSError, websocket.WebSocketException):
             return False
+
+    def _mask_key(self) -> bytes:
+        pos = self._mask_pos
+        if pos + 4 > len(self._masks):
+            self._masks, pos = os.urandom(MASK_POOL_BYTES), 0
+        self._mask_pos = pos + 4
+        return self._masks[pos:pos + 4]
 
     def send_event(self, event: dict[str, Any] | Any) -> bool:
         """Send one client event (a JSON object)."""
@@ -102,13 +129,15 @@ class RealtimeClient:
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close politely (close frame, wait briefly for the echo), then release everything.
-        Idempotent; ``on_closed`` is not called for a close we asked for."""
+        Idempotent; ``on_closed`` is not called for a close we asked for. Returns within about
+        ``3 * CLOSE_WAIT_S`` even when the model has stopped reading (its socket is full)."""
         self._closing = True
         self._closed_reported = True
         ws = self._ws
         if ws is not None and ws.connected:
-            try:
-                ws.send_close(code, reason.encode("utf-8")[:120])
+            try:  # a stalled model's full socket must not hold the call for the socket timeout
+                with gevent.Timeout(CLOSE_WAIT_S, False):
+                    ws.send_close(code, reason.encode("utf-8")[:120])
             except (OSError, websocket.WebSocketException):
                 pass
         if self._reader is not None:
@@ -165,6 +194,22 @@ class RealtimeClient:
         if not self._closed_reported:
             self._closed_reported = True
             self._on_closed(code, reason)
+
+
+def text_frame(payload: bytes, mask_key: bytes) -> bytes:
+    """One masked FIN text frame (RFC 6455 5.2) carrying ``payload`` (UTF-8), client side."""
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, 0x80 | n))
+    elif n < 65536:
+        header = b"\x81\xfe" + n.to_bytes(2, "big")
+    else:
+        header = b"\x81\xff" + n.to_bytes(8, "big")
+    if not n:
+        return header + mask_key
+    key = (mask_key * ((n >> 2) + 1))[:n]
+    masked = (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+    return header + mask_key + masked
 
 
 def _close_status(payload: bytes) -> tuple[int | None, str]:

@@ -1,0 +1,1 @@
+"""callbot's benchmarks: the load harness (``python -m bench``) and single-purpose measurements."""
