@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=DEFAULT_CONFIG, help=f"default: {DEFAULT_CONFIG}")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                        help="overrides log_level from the config file")
+    serve.add_argument("--drain-s", type=float, default=30.0, metavar="SECONDS",
+                       help="on SIGTERM, let calls finish for up to this long before hanging them up "
+                            "politely (SIGINT: at most 3 s; a second signal: at once; default 30)")
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="run N worker processes (one core each) sharing the ESL port; worker i "
                             "serves media on media.listen port + i (default 1: one process)")

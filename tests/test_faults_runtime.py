@@ -392,29 +392,37 @@ def serve_config(tmp: Path, realtime_url: str, esl_port: int, media_port: int) -
 
 
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # fork, then exec at once
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_serve_stops_on_a_signal_hangs_up_politely_and_exits_0(signum, tmp_path):
-    greeting = ScriptedResponse("Hello, this is Acme.", audio_ms=8000)
-    realtime = FakeRealtime(RealtimeScript([greeting]), api_key="sk-serve-test", strict=False).start()
+def start_serve(tmp_path, realtime_url: str, drain_s: float):
+    """``callbot serve`` as a subprocess (the real CLI), with a fake FreeSWITCH pointed at it."""
     esl_port, media_port = free_port(), free_port()
-    config = serve_config(tmp_path, realtime.url, esl_port, media_port)
+    config = serve_config(tmp_path, realtime_url, esl_port, media_port)
     env = {**os.environ, "CALLBOT_TEST_SERVE_KEY": "sk-serve-test", "PYTHONPATH": str(REPO)}
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "callbot", "serve", "--config", str(config)],
+        proc = subprocess.Popen([sys.executable, "-m", "callbot", "serve", "--config", str(config),
+                                 "--drain-s", str(drain_s)],
                                 env=env, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT)
-    fs = FakeFreeSwitch(("127.0.0.1", esl_port))
+    wait_until(lambda: b"callbot listening" in log_path.read_bytes() or proc.poll() is not None, 20,
+               "callbot serve did not start")
+    assert proc.poll() is None, log_path.read_text()
+    return proc, FakeFreeSwitch(("127.0.0.1", esl_port)), esl_port, media_port, log_path
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_drains_on_a_signal_then_hangs_up_politely_and_exits_0(signum, tmp_path):
+    greeting = ScriptedResponse("Hello, this is Acme.", audio_ms=8000)
+    realtime = FakeRealtime(RealtimeScript([greeting]), api_key="sk-serve-test", strict=False).start()
+    proc, fs, esl_port, media_port, log_path = start_serve(tmp_path, realtime.url, drain_s=1.5)
     try:
-        wait_until(lambda: b"callbot listening" in log_path.read_bytes() or proc.poll() is not None, 20,
-                   "callbot serve did not start")
-        assert proc.poll() is None, log_path.read_text()
         call = fs.place_call(caller_audio=CallerAudio())
         wait_until(lambda: kinds(call, "playback.start"), 10, "the greeting did not start")
         signalled = time.monotonic()
         proc.send_signal(signum)
-        assert call.wait_ended(10), "the call in progress was not ended"
+        assert not call.wait_ended(0.8), "the call was cut instead of drained"
         with pytest.raises(OSError):
-            fs.place_call()  # no new call is accepted
+            fs.place_call()  # no new call is accepted while draining
+        assert call.wait_ended(10), "the call was not ended after the drain"
+        ended_after = time.monotonic() - signalled
         assert proc.wait(timeout=40) == 0
         exited_in = time.monotonic() - signalled
         assert realtime.wait_session(0).closed.wait(2)
@@ -427,5 +435,24 @@ def test_serve_stops_on_a_signal_hangs_up_politely_and_exits_0(signum, tmp_path)
     assert call.hangup_cause == "NORMAL_CLEARING"
     assert any(c.startswith("sendmsg") and "hangup" in c for c in call.commands), "callbot did not hang up"
     assert refused(esl_port) and refused(media_port)
-    print(f"\n{signal.Signals(signum).name}: callbot hung up the call and exited 0 in {exited_in:.2f} s; "
-          f"log tail: {log_path.read_text().strip().splitlines()[-1]}")
+    print(f"\n{signal.Signals(signum).name}: drained, hung up after {ended_after:.2f} s, exited 0 in {exited_in:.2f} s")
+
+
+def test_a_call_that_ends_during_the_drain_is_not_hung_up_by_callbot(tmp_path):
+    greeting = ScriptedResponse("Hello, this is Acme.", audio_ms=8000)
+    realtime = FakeRealtime(RealtimeScript([greeting]), api_key="sk-serve-test", strict=False).start()
+    proc, fs, esl_port, media_port, log_path = start_serve(tmp_path, realtime.url, drain_s=20)
+    try:
+        call = fs.place_call(caller_audio=CallerAudio())
+        wait_until(lambda: kinds(call, "playback.start"), 10, "the greeting did not start")
+        proc.send_signal(signal.SIGTERM)
+        gevent.sleep(0.5)
+        call.caller_hangup()  # the caller finishes on their own
+        assert proc.wait(timeout=15) == 0  # callbot exits as soon as its last call is over, long before 20 s
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        fs.close()
+        realtime.stop()
+    assert not any(c.startswith("sendmsg") and "hangup" in c for c in call.commands)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+HANGUP_GRACE_S = 5.0
+"""After the drain, how long calls get to end once callbot has hung them up."""
 MAX_CALLS = 1000
 """Concurrent calls one process accepts; FreeSWITCH gets a refused socket beyond that."""
 ESL_BACKLOG = 1024
@@ -102,14 +105,20 @@ class CallbotServer:
             if self._keep_finished:
                 self.finished.append(runner)
 
-    def stop(self, drain_timeout: float = 10.0) -> None:
-        """Stop accepting, end the calls politely, wait up to ``drain_timeout``, then cut."""
+    def stop(self, drain_timeout: float = 10.0, hurry: Event | None = None) -> None:
+        """Stop accepting; let the calls finish for up to ``drain_timeout`` (or until ``hurry`` is
+        set); then hang the rest up politely, wait up to ``HANGUP_GRACE_S``, and cut what is left."""
         if self._esl is not None:
             self._esl.close()
+        if self.calls:
+            log.info("draining %d call(s) for up to %.0f s", len(self.calls), drain_timeout)
+        deadline = time.monotonic() + drain_timeout
+        while self.calls and time.monotonic() < deadline and not (hurry is not None and hurry.is_set()):
+            self._pool.join(timeout=min(0.25, max(0.0, deadline - time.monotonic())))
         for runner in list(self.calls):
             runner.request_hangup("NORMAL_CLEARING", "callbot shutting down")
-        if not self._pool.join(timeout=drain_timeout):
-            log.warning("%d call(s) did not end within %.0f s: killing them", len(self.calls), drain_timeout)
+        if not self._pool.join(timeout=HANGUP_GRACE_S):
+            log.warning("%d call(s) did not end after the hangup: killing them", len(self.calls))
             self._pool.kill(timeout=2.0)
         self.endpoint.stop()
 
@@ -127,19 +136,26 @@ def serve(config: AppConfig, args: Any = None) -> int:
         for warning in config.warnings:
             log.warning("config: %s", warning)
     if workers > 1 and index is None:
-        return Supervisor(config, workers, getattr(args, "log_level", None)).run()
+        return Supervisor(config, workers, getattr(args, "log_level", None),
+                          float(getattr(args, "drain_s", 30.0))).run()
     if not config.api_key():
         log.warning("%s is not set: every call will fail to reach the model", config.realtime.api_key_env)
     if index is not None:
         config = worker_config(config, index)
     server = CallbotServer(config, reuse_port=index is not None)
     server.start()
-    stop = Event()
-    drain = {"timeout": 30.0}
+    stop, hurry = Event(), Event()
+    drain_s = float(getattr(args, "drain_s", 30.0))
+    drain = {"timeout": drain_s}
 
     def on_signal(signum: int) -> None:
-        drain["timeout"] = 30.0 if signum == signal.SIGTERM else 3.0
-        log.info("signal %d: draining %d call(s) (up to %.0f s)", signum, len(server.calls), drain["timeout"])
+        if stop.is_set():  # a second signal: end the calls now
+            log.info("signal %d again: hanging up %d call(s) now", signum, len(server.calls))
+            hurry.set()
+            return
+        drain["timeout"] = drain_s if signum == signal.SIGTERM else min(drain_s, 3.0)
+        log.info("signal %d: no new calls; draining %d call(s) for up to %.0f s", signum, len(server.calls),
+                 drain["timeout"])
         stop.set()
 
     gevent.signal_handler(signal.SIGTERM, on_signal, signal.SIGTERM)
@@ -148,6 +164,6 @@ def serve(config: AppConfig, args: Any = None) -> int:
     stop.wait()
     if orphan_watch is not None:
         orphan_watch.kill(block=False)
-    server.stop(drain_timeout=drain["timeout"])
+    server.stop(drain_timeout=drain["timeout"], hurry=hurry)
     log.info("callbot stopped")
     return 0

@@ -99,8 +99,10 @@ def watch_parent(parent_pid: int, on_orphaned: Callable[[], None], interval_s: f
 class Supervisor:
     """Starts, watches and stops the worker processes of one ``callbot serve --workers N``."""
 
-    def __init__(self, config: AppConfig, workers: int, log_level: str | None = None) -> None:
+    def __init__(self, config: AppConfig, workers: int, log_level: str | None = None,
+                 drain_s: float = 30.0) -> None:
         self._config = config
+        self._drain_s = drain_s
         self._workers = workers
         self._log_level = log_level
         self._stopping = Event()
@@ -119,9 +121,10 @@ class Supervisor:
         self._stopping.wait()
         for proc in list(self._procs.values()):
             _send(proc, self._signal)
-        done = gevent.joinall(keepers, timeout=STOP_GRACE_S)
+        grace = self._drain_s + STOP_GRACE_S  # the workers drain their calls first
+        done = gevent.joinall(keepers, timeout=grace)
         if len(done) < len(keepers):
-            log.error("workers still running %.0f s after the signal: killing them", STOP_GRACE_S)
+            log.error("workers still running %.0f s after the signal: killing them", grace)
             for proc in list(self._procs.values()):
                 _send(proc, signal.SIGKILL)
             gevent.joinall(keepers, timeout=5.0)
@@ -130,6 +133,10 @@ class Supervisor:
         return 1 if self._failed else 0
 
     def _on_signal(self, signum: int) -> None:
+        if self._stopping.is_set():  # a second signal: pass it on, the workers hang up at once
+            for proc in list(self._procs.values()):
+                _send(proc, signum)
+            return
         self._signal = signal.Signals(signum)
         log.info("signal %d: stopping %d worker(s)", signum, len(self._procs))
         self._stopping.set()
@@ -159,7 +166,7 @@ class Supervisor:
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-m", "callbot", "serve", "--config", str(self._config.config_path),
-                "--workers", str(self._workers), "--worker-index", str(index)]
+                "--workers", str(self._workers), "--worker-index", str(index), "--drain-s", str(self._drain_s)]
         if self._log_level:
             argv += ["--log-level", self._log_level]
         env = dict(os.environ)
