@@ -32,7 +32,6 @@ class ResponseState:
     """Timing of one model response, for the record and the latency figures."""
 
     response_id: str
-    created_at: float
     first_delta_at: float | None = None
     cancelled: bool = False
 
@@ -218,7 +217,7 @@ class Conversation:
         response_id = data["response"]["id"]
         self.active_response = response_id
         self._requested = None
-        self.responses[response_id] = ResponseState(response_id, now)
+        self.responses[response_id] = ResponseState(response_id)
         self._add(now, "response.created", response_id=response_id)
         return []
 

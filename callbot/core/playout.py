@@ -71,7 +71,6 @@ class FilePlayout:
         self._run_out_at = 0.0
         self._heard: dict[str, float] = {}
         self._received_ms: dict[str, float] = {}
-        self.files: list[str] = []
 
     # --- state --------------------------------------------------------------------------
 
@@ -149,7 +148,6 @@ class FilePlayout:
     def on_play_ready(self, file: str, data: Mapping[str, Any], now: float) -> list[Command]:
         """``mod_audio_stream::play``: queue the playback of that file (unless barge-in dropped it)."""
         chunk = self._match_play(data)
-        self.files.append(file)
         if chunk is None:
             log.warning("play event for an unknown chunk (file %s): ignored", file)
             return []

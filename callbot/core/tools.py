@@ -34,7 +34,6 @@ class PendingCall:
     name: str
     response_id: str
     arguments: dict[str, Any]
-    started_at: float
     output: str | None = None
     ok: bool = True
     follow_up: bool = True
@@ -68,7 +67,7 @@ class ToolCalls:
         self.seen.add(call_id)
         tool = self.persona.tool(name)
         entry: dict[str, Any] = {"call_id": call_id, "name": name, "arguments": item.get("arguments", "")}
-        call = PendingCall(call_id, name, response_id, {}, now)
+        call = PendingCall(call_id, name, response_id, {})
         self.pending[call_id] = call
         if tool is None:
             return self._fail(call, f"there is no tool named {name!r}", entry, now)
