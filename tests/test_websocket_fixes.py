@@ -17,7 +17,8 @@ import websocket
 from gevent.pywsgi import WSGIServer
 from geventwebsocket.websocket import Header
 
-from callbot.media.websocket_fixes import FixedWebSocket, GatedWebSocketHandler, unmask
+from callbot.media.websocket_fixes import FixedWebSocket, unmask
+from callbot.media.websocket_gate import GatedWebSocketHandler
 
 LIBWSC_HANDSHAKE = (
     "GET {path} HTTP/1.1\r\n"

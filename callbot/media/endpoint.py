@@ -25,11 +25,8 @@ from urllib.parse import parse_qs
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
-from callbot.media.websocket_fixes import (
-    FixedWebSocket,
-    GatedWebSocketHandler,
-    GateResult,
-)
+from callbot.media.websocket_fixes import FixedWebSocket, GateResult
+from callbot.media.websocket_gate import GatedWebSocketHandler
 
 __all__ = ["MediaEndpoint", "MediaRegistration", "MediaSink"]
 

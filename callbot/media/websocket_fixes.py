@@ -4,8 +4,8 @@ Stock 0.10.1 defects fixed here (see the gevent stack research notes, section 4.
 
 1. ``close(code, reason)`` sent ``str(reason)`` and no status code; :class:`FixedWebSocket` sends
    ``!H code`` + UTF-8 reason and echoes a peer's close with the peer's code.
-2. The 101 went out before the application could refuse; :class:`GatedWebSocketHandler` asks the
-   application's ``gate(environ)`` first and answers a plain HTTP status instead of upgrading.
+2. The 101 went out before the application could refuse; fixed in the handshake handler,
+   :class:`callbot.media.websocket_gate.GatedWebSocketHandler`, which upgrades to this module's socket.
 3. No size limit; :class:`FixedWebSocket` closes with 1009 above ``max_message_bytes``.
 4. Unmasking was a per-byte Python loop; here it is one big-integer XOR per frame.
 5. Text was validated by a pure-Python UTF-8 DFA twice; here ``bytes.decode('utf-8')`` once (1007 on failure).
@@ -26,25 +26,18 @@ permessage-deflate (offered by mod_audio_stream's libwsc) is never accepted: the
 answers a ``Sec-WebSocket-Extensions`` header, so the peer falls back to uncompressed frames and
 any frame with an RSV bit set is a protocol error (1002).
 
-Usage::
-
-    WSGIServer(addr, app, handler_class=GatedWebSocketHandler, log=None)
-
-where ``app`` may carry ``gate(environ) -> None | (status_code, body_text)`` and ``max_message_bytes``.
+Servers use it through ``WSGIServer(addr, app, handler_class=GatedWebSocketHandler, log=None)``
+(see :mod:`callbot.media.websocket_gate`).
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import functools
-import hashlib
 import logging
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterable
-from http import HTTPStatus
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -54,7 +47,7 @@ from geventwebsocket.exceptions import ProtocolError, WebSocketError
 from geventwebsocket.handler import WebSocketHandler
 from geventwebsocket.websocket import Header, Stream, WebSocket
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "FixedWebSocket", "GatedWebSocketHandler", "unmask"]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "FixedWebSocket", "GateResult", "quickack", "set_nodelay", "unmask"]
 
 log = logging.getLogger(__name__)
 
@@ -496,96 +489,3 @@ class FixedWebSocket(WebSocket):
                 budget -= len(chunk)
         except (OSError, AttributeError):
             pass
-
-
-def _plain_response(handler: WebSocketHandler, code: int, body: str) -> list[bytes]:
-    """Answer a plain HTTP status (no upgrade) and make the connection close afterwards."""
-    try:
-        phrase = HTTPStatus(code).phrase
-    except ValueError:
-        phrase = "Error"
-    data = body.encode("utf-8")
-    handler.start_response(f"{code} {phrase}", [("Content-Type", "text/plain; charset=utf-8"),
-                                                 ("Connection", "close")])
-    handler.close_connection = True
-    return [data]
-
-
-class GatedWebSocketHandler(WebSocketHandler):
-    """A pywsgi handler that upgrades to :class:`FixedWebSocket` only if the application's gate agrees.
-
-    Before the 101, if the WSGI application object has a callable ``gate(environ)``, it is called:
-    ``None`` upgrades; ``(status_code, body_text)`` answers that plain HTTP status and does not upgrade.
-    The gate runs in the handshake path (the media module allows 1 s for it): keep it a lookup.
-    ``max_message_bytes`` is taken from the application object if it has that attribute.
-    No extension (permessage-deflate) and no subprotocol unless ``app_protocol`` says so.
-    Malformed upgrade requests get 400 instead of a traceback.
-    """
-
-    def upgrade_websocket(self) -> Iterable[bytes] | None:
-        """Return a response body for a refused upgrade, or ``None`` (upgraded, or not a WS request)."""
-        env = self.environ
-        if env.get("REQUEST_METHOD", "") != "GET":
-            return None
-        if env.get("HTTP_UPGRADE", "").lower() != "websocket":
-            return None
-        if "upgrade" not in env.get("HTTP_CONNECTION", "").lower():
-            return None
-        if self.request_version != "HTTP/1.1":
-            return _plain_response(self, 400, "WebSocket needs HTTP/1.1")
-        if not env.get("HTTP_SEC_WEBSOCKET_VERSION"):
-            self.start_response("426 Upgrade Required",
-                                [("Sec-WebSocket-Version", ", ".join(self.SUPPORTED_VERSIONS))])
-            self.close_connection = True
-            return [b"Sec-WebSocket-Version missing"]
-        return self.upgrade_connection()
-
-    def upgrade_connection(self) -> Iterable[bytes] | None:
-        """Validate the handshake, consult the gate, then send the 101 with a :class:`FixedWebSocket`."""
-        env = self.environ
-        if env.get("HTTP_SEC_WEBSOCKET_VERSION") not in self.SUPPORTED_VERSIONS:
-            return _plain_response(self, 400, "unsupported WebSocket version")
-        key = env.get("HTTP_SEC_WEBSOCKET_KEY", "").strip()
-        try:
-            valid_key = len(base64.b64decode(key, validate=True)) == 16
-        except (binascii.Error, ValueError):
-            valid_key = False
-        if not valid_key:
-            return _plain_response(self, 400, "invalid Sec-WebSocket-Key")
-        refusal = self._run_gate()
-        if refusal is not None:
-            return _plain_response(self, refusal[0], refusal[1])
-        self._accept(key)
-        return None
-
-    def _run_gate(self) -> GateResult:
-        gate: Callable[[dict], GateResult] | None = getattr(self.application, "gate", None)
-        if not callable(gate):
-            return None
-        try:
-            return gate(self.environ)
-        except Exception:  # a broken gate must not leak a traceback with the environ (tokens) in it
-            log.exception("WebSocket gate failed; answering 500")
-            return (500, "internal error")
-
-    def _accept(self, key: str) -> None:
-        set_nodelay(self.socket)
-        protocol = None
-        app_protocol = getattr(self.application, "app_protocol", None)
-        if callable(app_protocol):
-            allowed = app_protocol(self.environ.get("PATH_INFO", ""))
-            requested = [p.strip() for p in self.environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "").split(",")]
-            if allowed and allowed in requested:
-                protocol = allowed
-        limit = getattr(self.application, "max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)
-        self.websocket = FixedWebSocket(self.environ, Stream(self), self, max_message_bytes=int(limit))
-        self.environ.update({"wsgi.websocket_version": self.environ["HTTP_SEC_WEBSOCKET_VERSION"],
-                             "wsgi.websocket": self.websocket})
-        accept = base64.b64encode(hashlib.sha1((key + self.GUID).encode("latin-1")).digest()).decode("ascii")
-        headers = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", accept)]
-        if protocol:
-            headers.append(("Sec-WebSocket-Protocol", protocol))
-        self.start_response("101 Switching Protocols", headers)
-
-    def log_request(self) -> None:
-        """No access log here (request lines carry media tokens); pywsgi's ``log=None`` is the switch."""

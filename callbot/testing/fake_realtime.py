@@ -155,7 +155,7 @@ class FakeRealtime:
 
     def start(self) -> FakeRealtime:
         """Bind (port 0 = a free port) and serve in the background."""
-        from callbot.media.websocket_fixes import GatedWebSocketHandler
+        from callbot.media.websocket_gate import GatedWebSocketHandler
 
         server = WSGIServer(self._address, self, handler_class=GatedWebSocketHandler, log=None)
         server.start()
