@@ -4,6 +4,7 @@ showing up anywhere. Timings are printed (run with ``-s``), never asserted, exce
 waits that say "within a second"."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import logging
@@ -15,7 +16,7 @@ import sys
 import time
 import types
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import gevent
 from gevent.event import Event
@@ -392,30 +393,44 @@ def serve_config(tmp: Path, realtime_url: str, esl_port: int, media_port: int) -
 
 
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # fork, then exec at once
-def start_serve(tmp_path, realtime_url: str, drain_s: float):
-    """``callbot serve`` as a subprocess (the real CLI), with a fake FreeSWITCH pointed at it."""
+@contextlib.contextmanager
+def serving(tmp_path, drain_s: float) -> Iterator[tuple[subprocess.Popen, FakeFreeSwitch, FakeRealtime, int, int]]:
+    """``callbot serve`` as a subprocess (the real CLI) between a fake model and a fake FreeSWITCH;
+    everything is stopped on exit, the process killed if it is still running."""
+    greeting = ScriptedResponse("Hello, this is Acme.", audio_ms=8000)
+    realtime = FakeRealtime(RealtimeScript([greeting]), api_key="sk-serve-test", strict=False).start()
     esl_port, media_port = free_port(), free_port()
-    config = serve_config(tmp_path, realtime_url, esl_port, media_port)
+    config = serve_config(tmp_path, realtime.url, esl_port, media_port)
     env = {**os.environ, "CALLBOT_TEST_SERVE_KEY": "sk-serve-test", "PYTHONPATH": str(REPO)}
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen([sys.executable, "-m", "callbot", "serve", "--config", str(config),
                                  "--drain-s", str(drain_s)],
                                 env=env, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT)
-    wait_until(lambda: b"callbot listening" in log_path.read_bytes() or proc.poll() is not None, 20,
-               "callbot serve did not start")
-    assert proc.poll() is None, log_path.read_text()
-    return proc, FakeFreeSwitch(("127.0.0.1", esl_port)), esl_port, media_port, log_path
+    fs = FakeFreeSwitch(("127.0.0.1", esl_port))
+    try:
+        wait_until(lambda: b"callbot listening" in log_path.read_bytes() or proc.poll() is not None, 20,
+                   "callbot serve did not start")
+        assert proc.poll() is None, log_path.read_text()
+        yield proc, fs, realtime, esl_port, media_port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        fs.close()
+        realtime.stop()
+
+
+def greeting_playing(fs: FakeFreeSwitch) -> FakeCall:
+    call = fs.place_call(caller_audio=CallerAudio())
+    wait_until(lambda: kinds(call, "playback.start"), 10, "the greeting did not start")
+    return call
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_serve_drains_on_a_signal_then_hangs_up_politely_and_exits_0(signum, tmp_path):
-    greeting = ScriptedResponse("Hello, this is Acme.", audio_ms=8000)
-    realtime = FakeRealtime(RealtimeScript([greeting]), api_key="sk-serve-test", strict=False).start()
-    proc, fs, esl_port, media_port, log_path = start_serve(tmp_path, realtime.url, drain_s=1.5)
-    try:
-        call = fs.place_call(caller_audio=CallerAudio())
-        wait_until(lambda: kinds(call, "playback.start"), 10, "the greeting did not start")
+    with serving(tmp_path, drain_s=1.5) as (proc, fs, realtime, esl_port, media_port):
+        call = greeting_playing(fs)
         signalled = time.monotonic()
         proc.send_signal(signum)
         assert not call.wait_ended(0.8), "the call was cut instead of drained"
@@ -426,12 +441,6 @@ def test_serve_drains_on_a_signal_then_hangs_up_politely_and_exits_0(signum, tmp
         assert proc.wait(timeout=40) == 0
         exited_in = time.monotonic() - signalled
         assert realtime.wait_session(0).closed.wait(2)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        fs.close()
-        realtime.stop()
     assert call.hangup_cause == "NORMAL_CLEARING"
     assert any(c.startswith("sendmsg") and "hangup" in c for c in call.commands), "callbot did not hang up"
     assert refused(esl_port) and refused(media_port)
@@ -439,20 +448,10 @@ def test_serve_drains_on_a_signal_then_hangs_up_politely_and_exits_0(signum, tmp
 
 
 def test_a_call_that_ends_during_the_drain_is_not_hung_up_by_callbot(tmp_path):
-    greeting = ScriptedResponse("Hello, this is Acme.", audio_ms=8000)
-    realtime = FakeRealtime(RealtimeScript([greeting]), api_key="sk-serve-test", strict=False).start()
-    proc, fs, esl_port, media_port, log_path = start_serve(tmp_path, realtime.url, drain_s=20)
-    try:
-        call = fs.place_call(caller_audio=CallerAudio())
-        wait_until(lambda: kinds(call, "playback.start"), 10, "the greeting did not start")
+    with serving(tmp_path, drain_s=20) as (proc, fs, realtime, esl_port, media_port):
+        call = greeting_playing(fs)
         proc.send_signal(signal.SIGTERM)
         gevent.sleep(0.5)
         call.caller_hangup()  # the caller finishes on their own
         assert proc.wait(timeout=15) == 0  # callbot exits as soon as its last call is over, long before 20 s
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        fs.close()
-        realtime.stop()
     assert not any(c.startswith("sendmsg") and "hangup" in c for c in call.commands)
