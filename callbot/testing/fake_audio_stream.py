@@ -170,6 +170,10 @@ class FakeAudioStream:
         """Start connecting (the API has already answered ``+OK Success``)."""
         self._greenlets.append(self._host.spawn(self._run))
 
+    def replace_write(self, write: bytes | None) -> bytes | None:
+        """The community module has no write-replace: the channel plays what it plays."""
+        return write
+
     def on_frame(self, read: bytes, write: bytes | None) -> None:
         """Session thread, every frame: queue what the channel hears (libwsc queues while connecting)."""
         if self.state not in ("connecting", "open") or self._paused:

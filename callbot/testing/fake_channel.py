@@ -77,6 +77,10 @@ class FakeOptions:
     bridge_fail_cause: str | None = None
     """Fault: every ``bridge`` fails with this cause (``USER_BUSY``, ``NO_ANSWER``, ...)."""
     hostname: str = "fakefs"
+    audio_stream_build: str = "community"
+    """Which mod_audio_stream is installed: ``community`` (amigniter main: ``streamAudio`` ->
+    file + ``play`` event) or ``full_duplex`` (the voxcom fork / maintainer's v1.0.3 binary:
+    raw ``streamAudio`` is played by the module itself, at real time, ignoring ``uuid_break``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +111,11 @@ class ChannelListener(Protocol):
 
 
 class MediaBug(Protocol):
-    """A media bug on the channel (mod_audio_stream)."""
+    """A media bug on the channel (mod_audio_stream, mod_openai_audio_stream)."""
+
+    def replace_write(self, write: bytes | None) -> bytes | None:
+        """SMBF_WRITE_REPLACE: the frame the caller hears instead of ``write`` (None: nothing
+        written this frame). A bug without write-replace returns ``write`` unchanged."""
 
     def on_frame(self, read: bytes, write: bytes | None) -> None:
         """One frame heard by the channel (``read``) and played to the caller (``write``, or None)."""
@@ -367,6 +375,8 @@ class FakeChannel:
     def next_frame(self, write: bytes | None) -> None:
         """Play ``write`` (or nothing) this frame, feed the media bug, then wait for the next frame."""
         index = self._frame - self._answer_frame
+        if self.bug is not None and not self._down:
+            write = self.bug.replace_write(write)
         if write is not None and self._answered and not self._down and index >= 0:
             write = write + bytes(self._frame_bytes - len(write))
             offset = index * self._frame_bytes
