@@ -165,23 +165,25 @@ def test_mod_audio_stream_error() -> None:
 
 def test_openai_module_events_from_captures(captures: Path) -> None:
     path = captures / "vsm_main.log"
-    assert mapped(path, "mod_openai_audio_stream::connect") == [ev.StreamConnected()]
+    assert mapped(path, "mod_openai_audio_stream::connect") == [ev.ModelConnected()]
     models = mapped(path, "mod_openai_audio_stream::json")
     assert models and all(isinstance(m, ev.ModelEvent) for m in models)
     assert models[0].type == "session.created"  # type: ignore[union-attr]
-    assert mapped(path, "mod_openai_audio_stream::disconnect") == [ev.StreamDisconnected(1000, "Normal closure")]
+    assert mapped(path, "mod_openai_audio_stream::disconnect") == [ev.ModelClosed(1000, "Normal closure")]
     assert set(mapped(path, "mod_openai_audio_stream::play")) == {None}
-    assert set(mapped(path, "mod_openai_audio_stream::openai_speech_start")) == {None}
-    assert set(mapped(path, "mod_openai_audio_stream::openai_speech_stop")) == {None}
+    starts = mapped(path, "mod_openai_audio_stream::openai_speech_start")
+    assert starts and set(starts) == {ev.PlayoutStarted()}
+    stops = mapped(path, "mod_openai_audio_stream::openai_speech_stop")
+    assert len(stops) == len(starts) and set(stops) == {ev.PlayoutStopped()}
     dropped = mapped(captures / "vsm_close_fin.log", "mod_openai_audio_stream::disconnect")
-    assert dropped == [ev.StreamDisconnected(1006, "Abnormal closure")]
+    assert dropped == [ev.ModelClosed(1006, "Abnormal closure")]
 
 
 def test_openai_module_rejected_upgrade_maps_http_status(captures: Path) -> None:
     (error,) = mapped(captures / "vsm_badkey.log", "mod_openai_audio_stream::error")
-    assert isinstance(error, ev.StreamError)
-    assert error.code == 401
-    assert error.message.startswith("Expecting status 101")
+    assert isinstance(error, ev.ModelConnectFailed)
+    assert error.status == 401
+    assert error.reason.startswith("Expecting status 101")
 
 
 # --- robustness --------------------------------------------------------------------------------------

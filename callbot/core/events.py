@@ -124,6 +124,18 @@ class PlayReady:
     data: Mapping[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class PlayoutStarted:
+    """A media module that plays model audio itself began writing bot audio to the caller
+    (VoiSmart's ``openai_speech_start``): the caller's-ear clock starts now."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlayoutStopped:
+    """That module's playout ran out after the response's audio was complete (or was flushed):
+    the caller hears no more bot audio (``openai_speech_stop``)."""
+
+
 # --- callbot's own media endpoint ---------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +222,6 @@ class HangupRequested:
 Event = Union[
     CallStarted, ChannelAnswered, ExecuteStarted, ExecuteCompleted, ChannelHangup,
     ChannelHangupComplete, Dtmf, EslClosed, ApiReply, StreamConnected, StreamDisconnected,
-    StreamError, PlayReady, MediaConnected, MediaClosed, ModelConnected, ModelConnectFailed,
+    StreamError, PlayReady, PlayoutStarted, PlayoutStopped, MediaConnected, MediaClosed, ModelConnected, ModelConnectFailed,
     ModelClosed, ModelEvent, ToolResult, TransferRequested, Tick, HangupRequested,
 ]

@@ -34,9 +34,16 @@ OPENAI_MODULE_SUBCLASSES: tuple[str, ...] = (
     "mod_openai_audio_stream::disconnect",
     "mod_openai_audio_stream::error",
     "mod_openai_audio_stream::json",
+    "mod_openai_audio_stream::openai_speech_start",
+    "mod_openai_audio_stream::openai_speech_stop",
 )
 """The VoiSmart mod_openai_audio_stream events callbot uses. ``play`` is left out on purpose:
-its body repeats every audio delta in base64 (~95 kB of ESL per second of speech)."""
+its body repeats every audio delta in base64 (~95 kB of ESL per second of speech).
+
+That module holds the model socket itself, so its ``connect`` / ``disconnect`` / ``error`` are
+the *model session's* open / close / refusal, and ``json`` is a model event: the core sees the
+same ``ModelConnected`` / ``ModelClosed`` / ``ModelConnectFailed`` / ``ModelEvent`` as when
+callbot holds the socket."""
 
 
 class EslEventLike(Protocol):
@@ -193,13 +200,31 @@ def _stream_error(headers: Mapping[str, str], body: str | None) -> ev.Event:
         code=_int(message.get("code"), "code"), message=_str(message.get("error", ""), "error"))
 
 
-def _openai_stream_error(headers: Mapping[str, str], body: str | None) -> ev.Event:
-    """VoiSmart (IXWebSocket): ``{"message":{"retries","error","wait_time","http_status"}}``;
-    ``code`` is the HTTP status of a rejected upgrade (0 when there was none)."""
+def _model_connected(headers: Mapping[str, str], body: str | None) -> ev.Event:
+    """VoiSmart ``connect`` (``{"status":"connected"}``): the module's model socket is open."""
+    return ev.ModelConnected()
+
+
+def _model_closed(headers: Mapping[str, str], body: str | None) -> ev.Event:
+    """VoiSmart ``disconnect``: 1000 after ``stop``, 1006 when the model dropped the socket."""
     message = _message(body)
-    return ev.StreamError(
-        code=_int(message.get("http_status", 0), "http_status"),
-        message=_str(message.get("error", ""), "error"))
+    return ev.ModelClosed(code=_int(message.get("code"), "code"), reason=_str(message.get("reason", ""), "reason"))
+
+
+def _model_refused(headers: Mapping[str, str], body: str | None) -> ev.Event:
+    """VoiSmart (IXWebSocket) ``error``: ``{"message":{"retries","error","wait_time","http_status"}}``.
+    Seen for a rejected upgrade (401 ...), after which the module removes its bug."""
+    message = _message(body)
+    status = _int(message.get("http_status", 0), "http_status")
+    return ev.ModelConnectFailed(status=status or None, reason=_str(message.get("error", ""), "error")[:300])
+
+
+def _playout_started(headers: Mapping[str, str], body: str | None) -> ev.Event:
+    return ev.PlayoutStarted()
+
+
+def _playout_stopped(headers: Mapping[str, str], body: str | None) -> ev.Event:
+    return ev.PlayoutStopped()
 
 
 def _play(headers: Mapping[str, str], body: str | None) -> ev.Event:
@@ -220,9 +245,6 @@ def _ignored(headers: Mapping[str, str], body: str | None) -> None:
 
     * ``mod_audio_stream::json``: callbot only ever sends ``streamAudio`` text, so this is noise.
     * ``mod_openai_audio_stream::play``: debug copies of the audio the module plays itself.
-    * ``mod_openai_audio_stream::openai_speech_start`` / ``openai_speech_stop``: start / real end
-      of the module's own playout. Not mapped yet; they are the heard-audio clock for barge-in
-      (``conversation.item.truncate``) once the VoiSmart module is supported.
     """
     return None
 
@@ -244,11 +266,11 @@ _CUSTOM: dict[str, _Mapper] = {
     "mod_audio_stream::error": _stream_error,
     "mod_audio_stream::play": _play,
     "mod_audio_stream::json": _ignored,
-    "mod_openai_audio_stream::connect": _stream_connected,
-    "mod_openai_audio_stream::disconnect": _stream_disconnected,
-    "mod_openai_audio_stream::error": _openai_stream_error,
+    "mod_openai_audio_stream::connect": _model_connected,
+    "mod_openai_audio_stream::disconnect": _model_closed,
+    "mod_openai_audio_stream::error": _model_refused,
     "mod_openai_audio_stream::json": _model_event,
     "mod_openai_audio_stream::play": _ignored,
-    "mod_openai_audio_stream::openai_speech_start": _ignored,
-    "mod_openai_audio_stream::openai_speech_stop": _ignored,
+    "mod_openai_audio_stream::openai_speech_start": _playout_started,
+    "mod_openai_audio_stream::openai_speech_stop": _playout_stopped,
 }
