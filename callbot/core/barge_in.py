@@ -5,8 +5,13 @@ Nothing happens unless the persona allows barge-in and the caller is hearing (or
 bot audio. With ``min_interrupt_ms`` the interruption waits that long and is dropped if
 ``speech_stopped`` comes first (a cough, a "mm-hm").
 
+When the media module cuts bot audio by itself on ``speech_started`` (VoiSmart's module), the
+interruption is immediate whatever the policy: the caller already hears silence.
+
 Action (``BargeIn.interrupt``), as one step so the three commands leave together:
-1. ``uuid_break <uuid> all`` and every chunk not yet handed to FreeSWITCH dropped;
+1. whatever stops the caller hearing the bot on this media path (``uuid_break <uuid> all`` on the
+   file path; nothing more to send where the module cut it or cannot be stopped) and every chunk
+   not yet handed to FreeSWITCH dropped;
 2. ``conversation.item.truncate`` of the item being heard at the ms the caller actually heard
    (from the playout clock), capped at what the model sent; skipped when nothing was heard;
 3. ``response.cancel`` only when a response is still active and the server does not cancel by
@@ -17,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .commands import Command, SendModel
-from .playout import FilePlayout
+from .playout_contract import Playout
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +64,7 @@ class BargeIn:
             return True
         return False
 
-    def interrupt(self, playout: FilePlayout, response_active: bool,
+    def interrupt(self, playout: Playout, response_active: bool,
                   now: float) -> tuple[list[Command], BargeInResult]:
         """The commands of one barge-in (break, truncate, cancel) and what they did."""
         stopped = playout.interrupt(now)
@@ -67,7 +72,9 @@ class BargeIn:
         truncated = False
         heard = stopped.heard_ms
         if stopped.item_id is not None:
-            heard = min(heard, int(playout.received_ms(stopped.item_id)))
+            received = playout.received_ms(stopped.item_id)
+            if received is not None:
+                heard = min(heard, int(received))
             if heard > 0:
                 cmds.append(SendModel({"type": "conversation.item.truncate", "item_id": stopped.item_id,
                                        "content_index": 0, "audio_end_ms": heard}))

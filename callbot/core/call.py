@@ -24,8 +24,8 @@ from .chunking import ChunkPolicy
 from .commands import (Command, CloseModel, ConnectModel, EndCall, EslExecute, EslHangup, SendModel, SetUplink,
                        StartMediaStream, StopMediaStream, WriteRecord)
 from .conversation import Conversation
+from .media_path import MODULE, media_path, new_playout
 from .model_session import RESUME_INSTRUCTIONS, ModelSession, reseed_items
-from .playout import FilePlayout
 from .routing import select_persona
 from .session_config import greeting_response, server_interrupts, session_update
 from .tools import BuiltinCall, ToolCalls
@@ -61,6 +61,7 @@ class CallCore:
         self.conversation: Conversation | None = None
         self.control: CallControl | None = None
         self._chunk_policy = chunk_policy
+        self.path = media_path(config.media)
         self._answer_uuid: str | None = None
         self._answered = False
         self._media_started = False
@@ -72,6 +73,8 @@ class CallCore:
         self._end_by: float | None = None
         self._items_playing: set[str] = set()
         self._was_quiet = False
+        self._deferred: list[Command] = []
+        self._deferred_at: float | None = None
         self._handlers: dict[type, Callable[[Any, float], list[Command]]] = {
             ev.CallStarted: self._on_call_started,
             ev.ChannelAnswered: self._on_answered,
@@ -86,6 +89,8 @@ class CallCore:
             ev.StreamDisconnected: self._on_stream_failed,
             ev.StreamError: self._on_stream_failed,
             ev.PlayReady: self._on_play_ready,
+            ev.PlayoutStarted: self._on_playout_started,
+            ev.PlayoutStopped: self._on_playout_stopped,
             ev.MediaConnected: self._on_media_connected,
             ev.MediaClosed: self._on_media_closed,
             ev.ModelConnected: self._on_model_connected,
@@ -112,7 +117,7 @@ class CallCore:
     @property
     def next_deadline(self) -> float | None:
         """The monotonic time at which ``Tick`` must be delivered, or None."""
-        deadlines = [self._end_by]
+        deadlines = [self._end_by, self._deferred_at]
         if self.conversation is not None and self.control is not None and self.phase == ACTIVE:
             deadlines += [self.conversation.next_deadline, self.control.next_deadline, self.model.deadline,
                           self._stall_deadline(), self._fallback_until]
@@ -141,7 +146,8 @@ class CallCore:
         self.control = CallControl(persona, now)
         self.conversation = self._new_conversation(persona, info.uuid, now)
         self.phase = ACTIVE
-        cmds: list[Command] = [ConnectModel()]
+        # On the module path the model session rides on the channel's media bug: after answer.
+        cmds: list[Command] = [] if self.path == MODULE else [ConnectModel()]
         if info.answered:
             self._answered = True
             cmds += self._start_media(now)
@@ -153,8 +159,8 @@ class CallCore:
     def _new_conversation(self, persona: Persona, uuid: str, now: float) -> Conversation:
         fmt = self.config.realtime.audio_format
         downlink = Downlink(fmt, self.config.media.rate)
-        playout = FilePlayout(uuid, downlink.play_rate, self._chunk_policy,
-                              on_first_chunk=lambda item, t: self._add(t, "bot.first_chunk_sent", item_id=item))
+        playout = new_playout(self.path, uuid, downlink.play_rate, self._chunk_policy,
+                              lambda item, t: self._add(t, "bot.first_chunk_sent", item_id=item))
         barge_in = BargeIn(persona.barge_in, persona.min_interrupt_ms, server_interrupts(persona))
         return Conversation(playout, downlink, barge_in, self.record, self.t0, self._on_model_fatal,
                             ToolCalls(persona), self._on_builtin)
@@ -170,7 +176,8 @@ class CallCore:
         if self._media_started:
             return []
         self._media_started = True
-        return [StartMediaStream(self.config.media.rate)]
+        cmds: list[Command] = [StartMediaStream(self.config.media.rate)]
+        return cmds + [ConnectModel()] if self.path == MODULE else cmds
 
     def _on_execute_started(self, event: ev.ExecuteStarted, now: float) -> list[Command]:
         conv = self.conversation
@@ -248,6 +255,20 @@ class CallCore:
             return []
         return self.conversation.playout.on_play_ready(event.file, event.data, now)
 
+    def _on_playout_started(self, event: ev.PlayoutStarted, now: float) -> list[Command]:
+        if self.conversation is None or self.phase != ACTIVE:
+            return []
+        item_id = self.conversation.playout.on_playout_started(now)
+        if item_id is not None and item_id not in self._items_playing:
+            self._items_playing.add(item_id)
+            self._add(now, "bot.playback_started", item_id=item_id)
+        return []
+
+    def _on_playout_stopped(self, event: ev.PlayoutStopped, now: float) -> list[Command]:
+        if self.conversation is not None and self.phase == ACTIVE:
+            self.conversation.playout.on_playout_stopped(now)
+        return []
+
     # --- the model -------------------------------------------------------------------------
 
     def _on_model_connected(self, event: ev.ModelConnected, now: float) -> list[Command]:
@@ -309,6 +330,9 @@ class CallCore:
         self.record.end_reason = reason
         policy = self.persona.on_model_failure if self.persona is not None else None
         if policy is not None and policy.fallback_prompt:  # queued behind the answer if it is still running
+            if self.path == MODULE and self._media_started:  # the module's silence keeper holds the channel
+                self._media_started = False
+                cmds.append(StopMediaStream(send_api=True))
             self._fallback_uuid = f"callbot-{self._uuid[:8]}-fallback"
             self._fallback_until = now + FALLBACK_MAX_S
             return cmds + [EslExecute("playback", policy.fallback_prompt, app_uuid=self._fallback_uuid,
@@ -379,11 +403,14 @@ class CallCore:
         app, arg = ("transfer", target.extension) if target.extension else ("bridge", target.dial)
         self._add(now, "call.transfer", target=target.name, app=app, arg=arg)
         cmds = self._begin_end(now, "bot", "", action.reason, hangup=False)
-        return cmds + [EslExecute(app, arg, app_uuid=f"callbot-{self._uuid[:8]}-{app}")]
+        return cmds + self._when_drained([EslExecute(app, arg, app_uuid=f"callbot-{self._uuid[:8]}-{app}")], now)
 
     # --- time ------------------------------------------------------------------------------
 
     def _on_tick(self, event: ev.Tick, now: float) -> list[Command]:
+        if self._deferred_at is not None and now >= self._deferred_at:
+            cmds, self._deferred, self._deferred_at = self._deferred, [], None
+            return cmds
         if self._end_by is not None and now >= self._end_by:
             if self.phase == ACTIVE:  # FreeSWITCH never confirmed our hangup
                 return self._finish(now, "hangup not confirmed")
@@ -448,14 +475,26 @@ class CallCore:
         if self.persona is not None:
             cmds.append(CloseModel(1000, "call ended"))
             self.model.open = False
+        last: list[Command] = []
         if self._media_started:
-            cmds.append(StopMediaStream(send_api=not self._channel_gone and not hangup))
+            last.append(StopMediaStream(send_api=not self._channel_gone and not hangup))
         if hangup and not self._channel_gone:
-            cmds.append(EslHangup(cause))
+            last.append(EslHangup(cause))
             self._end_by = now + HANGUP_CONFIRM_S
         else:
             self._end_by = now + HANGUP_COMPLETE_S
-        return cmds
+        return cmds + self._when_drained(last, now)
+
+    def _when_drained(self, cmds: list[Command], now: float) -> list[Command]:
+        """``cmds`` now, or once the module has played out the audio it still holds (some
+        full-duplex builds hang FreeSWITCH when ``stop`` or a hangup finds audio queued)."""
+        hold = self.conversation.playout.hold_until if self.conversation is not None else None
+        if hold is None or hold <= now or self._channel_gone:
+            return cmds
+        self._deferred += cmds
+        self._deferred_at = hold
+        self._end_by = max(self._end_by or now, hold) + HANGUP_CONFIRM_S
+        return []
 
     def _finish(self, now: float, reason: str) -> list[Command]:
         if self.phase == ENDED:

@@ -16,7 +16,7 @@ from ..audio.downlink import Downlink
 from ..records import CallRecord
 from .barge_in import BargeIn
 from .commands import Command, SendModel
-from .playout import FilePlayout
+from .playout_contract import Playout
 from .tools import BuiltinCall, ToolCalls
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class ResponseState:
 class Conversation:
     """Model-event handling for one call. ``t0`` is the call's start on the ``now`` clock."""
 
-    def __init__(self, playout: FilePlayout, downlink: Downlink, barge_in: BargeIn, record: CallRecord,
+    def __init__(self, playout: Playout, downlink: Downlink, barge_in: BargeIn, record: CallRecord,
                  t0: float, on_fatal: Callable[[str, float], list[Command]], tools: ToolCalls,
                  on_builtin: Callable[[BuiltinCall, float], tuple[str, bool]]) -> None:
         self.tools = tools
@@ -67,6 +67,7 @@ class Conversation:
             "input_audio_buffer.speech_started": self._on_speech_started,
             "input_audio_buffer.speech_stopped": self._on_speech_stopped,
             "response.created": self._on_response_created,
+            "response.output_item.added": self._on_output_item_added,
             "response.done": self._on_response_done,
             "response.output_audio_transcript.done": self._on_bot_transcript,
             "response.output_item.done": self._on_output_item_done,
@@ -195,7 +196,11 @@ class Conversation:
 
     def _on_speech_started(self, data: Mapping[str, Any], now: float) -> list[Command]:
         self._add(now, "caller.speech_started", audio_start_ms=data.get("audio_start_ms"))
-        if self.barge_in.on_speech_started(self.playout.audible, now):
+        audible = self.playout.audible
+        if audible and self.playout.flushes_on_speech:
+            self.barge_in.pending_at = None
+            return self._interrupt(now)  # the module has cut the bot already: say where
+        if self.barge_in.on_speech_started(audible, now):
             return self._interrupt(now)
         return []
 
@@ -221,9 +226,19 @@ class Conversation:
         self._add(now, "response.created", response_id=response_id)
         return []
 
+    def _on_output_item_added(self, data: Mapping[str, Any], now: float) -> list[Command]:
+        item = data["item"]
+        if item.get("type") != "message" or item.get("role") != "assistant":
+            return []
+        state = self.responses.get(data.get("response_id", ""))
+        if state is not None and state.cancelled:
+            return []
+        return self.playout.begin_item(item["id"], now)
+
     def _on_response_done(self, data: Mapping[str, Any], now: float) -> list[Command]:
         response = data["response"]
         response_id = response["id"]
+        self.playout.response_done(now)
         if self.active_response == response_id:
             self.active_response = None
         self.record.add_usage(response.get("usage"))

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import base64
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from .chunking import ChunkPolicy
 from .commands import Command, EslApi, EslExecute, SendMediaText
+from .playout_contract import Interruption
+
+__all__ = ["BOUNDARY_S", "Chunk", "FilePlayout", "Interruption"]
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +42,6 @@ class Chunk:
     file: str | None = None
     started_at: float | None = None
     heard_ms: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Interruption:
-    """What barge-in stopped: the item the caller was hearing and how much of it they heard."""
-
-    item_id: str | None
-    heard_ms: int
-    commands: list[Command] = field(default_factory=list)
 
 
 class FilePlayout:
@@ -91,9 +85,28 @@ class FilePlayout:
                 total += min(chunk.duration_ms, max(0.0, (now - chunk.started_at) * 1000.0))
         return total
 
-    def received_ms(self, item_id: str) -> float:
+    def received_ms(self, item_id: str) -> float | None:
         """Milliseconds of ``item_id`` received from the model (the ceiling for a truncate)."""
         return self._received_ms.get(item_id, 0.0)
+
+    hold_until = None
+    """Nothing to protect: ``uuid_break`` and ``stop`` are safe at any time on this path."""
+    flushes_on_speech = False
+    """Barge-in is callbot's decision on this path (``uuid_break``)."""
+
+    def begin_item(self, item_id: str, now: float) -> list[Command]:
+        """Nothing to do before the first audio arrives."""
+        return []
+
+    def response_done(self, now: float) -> None:
+        """Chunks and playbacks carry their own state."""
+
+    def on_playout_started(self, now: float) -> str | None:
+        """Not fired on this path (the playbacks' CHANNEL_EXECUTE is the clock)."""
+        return None
+
+    def on_playout_stopped(self, now: float) -> None:
+        """Not fired on this path."""
 
     @property
     def next_deadline(self) -> float | None:
