@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", default=DEFAULT_CONFIG, help=f"default: {DEFAULT_CONFIG}")
     demo = commands.add_parser("demo", help="run a call end to end against local fakes")
     demo.add_argument("--out", metavar="FILE.wav", help="write what the caller heard")
-    demo.add_argument("--module", default="audio_stream", help="media module to simulate")
+    demo.add_argument("--module", default="audio_stream",
+                      choices=("audio_stream", "audio_stream_full_duplex", "openai_audio_stream"),
+                      help="what the fake FreeSWITCH has installed (default: audio_stream)")
     return parser
 
 
@@ -103,16 +105,30 @@ def format_summary(config: AppConfig) -> str:
     """A readable report of a valid configuration (never the API key itself)."""
     esl, media, rt = config.esl, config.media, config.realtime
     key = "set" if config.api_key() else "NOT set (serve cannot reach the model without it)"
+    if media.model_in_freeswitch:
+        media_lines = [f"  media            mod_openai_audio_stream holds the model socket in FreeSWITCH; "
+                       "callbot carries no audio (no media endpoint)"]
+        if media.api_key_from == "global":
+            key_line = ("  API key          FreeSWITCH global STREAM_OPENAI_API_KEY (vars.xml); "
+                        "callbot never handles it")
+        else:
+            key_line = (f"  API key          ${rt.api_key_env} is {key}; set on the channel just before "
+                        "start, cleared right after")
+    else:
+        playback = "module plays raw streamAudio, paced by callbot" if media.playback == "stream" \
+            else "files played with ESL playback"
+        media_lines = [f"  media listen     {media.listen}  (module mod_{media.module}, {playback})",
+                       f"  media URL        {media.url}  at {media.rate} Hz"]
+        key_line = f"  API key          ${rt.api_key_env} is {key}"
     lines = [
         f"callbot configuration OK: {config.config_path}",
         "",
         f"  ESL listen       {esl.listen}  (linger {esl.linger_s} s, "
         f"command timeout {esl.command_timeout_s} s)",
-        f"  media listen     {media.listen}  (module mod_{media.module})",
-        f"  media URL        {media.url}  at {media.rate} Hz",
+        *media_lines,
         f"  model            {rt.model} at {rt.url}  (audio {rt.audio_format}, "
         f"connect timeout {rt.connect_timeout_s} s)",
-        f"  API key          ${rt.api_key_env} is {key}",
+        key_line,
         f"  records          {config.records_dir}",
         f"  log level        {config.log_level}",
         "",

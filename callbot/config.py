@@ -29,14 +29,13 @@ __all__ = [
     "read_yaml", "suggest",
 ]
 
-MEDIA_MODULES = ("audio_stream",)
-"""Media modules callbot can drive today."""
+MEDIA_MODULES = ("audio_stream", "openai_audio_stream")
+"""Media modules callbot can drive: the community mod_audio_stream (and its full-duplex builds,
+``playback: stream``), and VoiSmart's mod_openai_audio_stream (callbot as the control plane)."""
+PLAYBACK_MODES = ("file", "stream")
+KEY_SOURCES = ("global", "channel")
 
 _FUTURE_MODULES = {
-    "openai_audio_stream": (
-        "VoiSmart's mod_openai_audio_stream is not supported yet (planned)",
-        "use module: audio_stream (the community mod_audio_stream)",
-    ),
     "openai_s2s": (
         "jambonz's mod_openai_s2s speaks only the beta Realtime protocol, shut down by OpenAI "
         "on 2026-05-12",
@@ -52,7 +51,7 @@ _CHANNEL_VAR = re.compile(r"^[A-Za-z0-9_]+$")
 
 _TOP_KEYS = ("esl", "media", "realtime", "personas", "routing", "records", "log_level")
 _ESL_KEYS = ("listen", "linger_s", "command_timeout_s")
-_MEDIA_KEYS = ("listen", "url", "rate", "module")
+_MEDIA_KEYS = ("listen", "url", "rate", "module", "playback", "api_key_from")
 _REALTIME_KEYS = ("url", "model", "api_key_env", "audio_format", "connect_timeout_s")
 _ROUTING_KEYS = ("variable", "default", "destinations")
 _SECRET_HINTS = {
@@ -103,6 +102,18 @@ class MediaConfig:
     url: str
     rate: int
     module: str
+    playback: str = "file"
+    """audio_stream only: ``file`` (community build: streamAudio -> file -> ESL playback) or
+    ``stream`` (full-duplex builds play raw streamAudio themselves; callbot paces it)."""
+    api_key_from: str = "global"
+    """openai_audio_stream only: ``global`` (FreeSWITCH's global STREAM_OPENAI_API_KEY, set in
+    vars.xml: the key never sits on a channel) or ``channel`` (callbot sets it on the channel
+    just before ``start`` and clears it right after)."""
+
+    @property
+    def model_in_freeswitch(self) -> bool:
+        """True when FreeSWITCH's module holds the model socket (callbot carries no audio)."""
+        return self.module == "openai_audio_stream"
 
 
 @dataclass(frozen=True)
@@ -182,7 +193,13 @@ def load_config(path: str | Path, *, import_handlers: bool = True) -> AppConfig:
     esl = _esl(root.child("esl"), warnings)
     media = _media(root.child("media"), warnings)
     realtime = _realtime(root.child("realtime"))
-    if realtime.audio_format != "pcm16" and media.rate == 16000:
+    if media.model_in_freeswitch and realtime.audio_format != "pcm16":
+        raise root.child("realtime").error(
+            "audio_format", f"{realtime.audio_format} cannot be used with media.module "
+                            "openai_audio_stream: that module sends and plays PCM16 at 24 kHz only "
+                            "(it resamples to the channel itself)",
+            "use audio_format: pcm16 (or module: audio_stream for G.711 end to end)")
+    if realtime.audio_format != "pcm16" and media.rate == 16000 and not media.model_in_freeswitch:
         warnings.append(
             f"realtime.audio_format {realtime.audio_format} with media.rate 16000 works but "
             "resamples every frame in Python; media.rate: 8000 needs no resampling")
@@ -191,6 +208,8 @@ def load_config(path: str | Path, *, import_handlers: bool = True) -> AppConfig:
     records_dir = _directory(root, "records", base, must_exist=False)
     log_level = _log_level(root)
     personas = _load_personas(root, personas_dir, import_handlers, warnings)
+    if media.model_in_freeswitch:
+        warnings += _module_barge_in_warnings(personas)
     routing = _routing(root.child("routing"), personas)
     return AppConfig(
         config_path=path.resolve(), esl=esl, media=media, realtime=realtime, routing=routing,
@@ -239,7 +258,17 @@ def _media(sec: Section, warnings: list[str]) -> MediaConfig:
     if rate not in (8000, 16000):
         raise sec.error("rate", f"{rate} is not supported",
                         "use 8000 (G.711 legs) or 16000 (wideband legs)")
-    return MediaConfig(listen=listen, url=url, rate=rate, module=_module(sec))
+    module = _module(sec)
+    playback = sec.string("playback", "file", choices=PLAYBACK_MODES)
+    if module == "openai_audio_stream" and playback != "file":
+        raise sec.error("playback", "mod_openai_audio_stream plays the model's audio itself; "
+                                    "playback: stream is for full-duplex mod_audio_stream builds",
+                        "remove media.playback (or use module: audio_stream)")
+    key_from = sec.string("api_key_from", "global", choices=KEY_SOURCES)
+    if module != "openai_audio_stream" and sec.has("api_key_from"):
+        warnings.append("media.api_key_from only matters with module: openai_audio_stream; ignored")
+    return MediaConfig(listen=listen, url=url, rate=rate, module=module, playback=playback,
+                       api_key_from=key_from)
 
 
 def _media_url(sec: Section, url: str) -> str:
@@ -274,6 +303,18 @@ def _module(sec: Section) -> str:
                         suggest(module, MEDIA_MODULES + tuple(_FUTURE_MODULES)) or
                         "use module: audio_stream")
     return module
+
+
+def _module_barge_in_warnings(personas: Mapping[str, Persona]) -> list[str]:
+    """mod_openai_audio_stream flushes bot audio itself on every speech_started: say which
+    persona settings it overrides."""
+    out = []
+    for name, persona in personas.items():
+        if not persona.barge_in or persona.min_interrupt_ms:
+            out.append(f"persona {name}: barge_in: false / min_interrupt_ms cannot be honoured with "
+                       "media.module openai_audio_stream (the module cuts the bot on every "
+                       "speech_started); use module: audio_stream if the caller must not interrupt")
+    return out
 
 
 def _realtime(sec: Section) -> RealtimeConfig:

@@ -190,10 +190,7 @@ def test_openai_s2s_is_rejected_with_the_reason(tmp_path: Path) -> None:
     assert err.fix == "use module: audio_stream (the community mod_audio_stream)"
 
 
-def test_other_modules_are_rejected(tmp_path: Path) -> None:
-    err = error_of(setup(tmp_path, "routing: {default: ava}\nmedia:\n  module: "
-                                   "openai_audio_stream\n"))
-    assert "not supported yet" in err.problem
+def test_unknown_modules_are_rejected(tmp_path: Path) -> None:
     err = error_of(setup(tmp_path, "routing: {default: ava}\nmedia:\n  module: audio_stram\n"))
     assert (err.problem, err.fix) == ("unknown media module 'audio_stram'",
                                       "did you mean 'audio_stream'?")
@@ -352,3 +349,30 @@ def test_routing_without_the_default_loaded_returns_none(tmp_path: Path) -> None
     decision = select_persona({}, "1", config.routing, {})
     assert (decision.persona, decision.rule) == (None, "default")
     assert decision.note == "default persona ava is not loaded"
+
+
+def test_openai_module_takes_the_key_from_freeswitch_globals_by_default(tmp_path: Path) -> None:
+    config = load_config(setup(tmp_path, "routing: {default: ava}\nmedia:\n  module: openai_audio_stream\n"))
+    assert config.media.model_in_freeswitch
+    assert config.media.api_key_from == "global"
+    assert config.media.playback == "file"
+
+
+def test_openai_module_refuses_g711_and_stream_playback(tmp_path: Path) -> None:
+    err = error_of(setup(tmp_path, "routing: {default: ava}\nmedia:\n  module: openai_audio_stream\n"
+                                   "realtime:\n  audio_format: pcmu\n"))
+    assert err.key.endswith("audio_format") and "PCM16 at 24 kHz only" in err.problem
+    assert "pcm16" in err.fix
+    err = error_of(setup(tmp_path, "routing: {default: ava}\nmedia:\n  module: openai_audio_stream\n"
+                                   "  playback: stream\n"))
+    assert err.key.endswith("playback") and "plays the model's audio itself" in err.problem
+
+
+def test_stream_playback_and_key_source_values_are_checked(tmp_path: Path) -> None:
+    config = load_config(setup(tmp_path, "routing: {default: ava}\nmedia:\n  playback: stream\n"))
+    assert config.media.playback == "stream" and not config.media.model_in_freeswitch
+    err = error_of(setup(tmp_path, "routing: {default: ava}\nmedia:\n  playback: files\n"))
+    assert err.key.endswith("playback")
+    err = error_of(setup(tmp_path, "routing: {default: ava}\nmedia:\n  module: openai_audio_stream\n"
+                                   "  api_key_from: env\n"))
+    assert err.key.endswith("api_key_from")

@@ -138,7 +138,7 @@ def serve(config: AppConfig, args: Any = None) -> int:
     if workers > 1 and index is None:
         return Supervisor(config, workers, getattr(args, "log_level", None),
                           float(getattr(args, "drain_s", 30.0))).run()
-    if not config.api_key():
+    if not config.api_key() and not (config.media.model_in_freeswitch and config.media.api_key_from == "global"):
         log.warning("%s is not set: every call will fail to reach the model", config.realtime.api_key_env)
     if index is not None:
         config = worker_config(config, index)
