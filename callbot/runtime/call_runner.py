@@ -28,9 +28,10 @@ from ..core import commands as cmd
 from ..core import events as ev
 from ..core.call import CallCore
 from ..esl.session import EslSession, EslTimeout
-from ..esl.translate import CUSTOM_SUBCLASSES, call_info, to_core_event
+from ..esl.translate import CUSTOM_SUBCLASSES, OPENAI_MODULE_SUBCLASSES, call_info, to_core_event
 from ..model.client import ModelConnectError, RealtimeClient, realtime_url
 from ..records import write_record
+from .openai_module import OpenAIModuleLink
 from .tool_runner import CallContext, ToolRunner
 from .uplink_sender import UplinkSender
 
@@ -80,6 +81,8 @@ class CallRunner:
         self._tools: ToolRunner | None = None
         self._local: deque[ev.Event] = deque()
         self._stuck = False
+        self._module: OpenAIModuleLink | None = None
+        self._performers = _MODULE_PERFORMERS if config.media.model_in_freeswitch else _PERFORMERS
 
     # --- life ------------------------------------------------------------------------------
 
@@ -89,9 +92,13 @@ class CallRunner:
             self._session = EslSession(self._sock, self._address, on_event=self._on_esl_event,
                                        on_closed=self._on_esl_closed,
                                        command_timeout=self.config.esl.command_timeout_s)
-            data = self._session.setup(self.config.esl.linger_s, CUSTOM_SUBCLASSES)
+            in_fs = self.config.media.model_in_freeswitch
+            data = self._session.setup(self.config.esl.linger_s,
+                                       OPENAI_MODULE_SUBCLASSES if in_fs else CUSTOM_SUBCLASSES)
             info = call_info(data)
             self.uuid = info.uuid
+            if in_fs:
+                self._module = OpenAIModuleLink(self.config, info.uuid, self._session, self._post)
             self._loop(ev.CallStarted(info))
         except ESL_ERRORS as exc:
             log.warning("call %s: ESL session ended during setup: %r", self.uuid, exc)
@@ -137,7 +144,7 @@ class CallRunner:
 
     def _on_esl_event(self, esl_event: Any) -> None:
         event = to_core_event(esl_event)
-        if event is not None:
+        if event is not None and (self._module is None or self._module.observe(event)):
             self._post(event)
 
     def _on_esl_closed(self, reason: str) -> None:
@@ -176,7 +183,7 @@ class CallRunner:
 
     def _perform(self, command: cmd.Command) -> None:
         try:
-            _PERFORMERS[type(command)](self, command)
+            self._performers[type(command)](self, command)
         except ESL_ERRORS as exc:
             log.info("call %s: %s not delivered, the ESL session is gone (%r)", self.uuid,
                      type(command).__name__, exc)
@@ -279,6 +286,30 @@ class CallRunner:
     def _end_call(self, c: cmd.EndCall) -> None:
         log.info("call %s: ended (%s)", self.uuid, c.reason)
 
+    # --- the model inside FreeSWITCH (mod_openai_audio_stream) -------------------------------------
+
+    def _module_link(self) -> OpenAIModuleLink:
+        assert self._module is not None
+        return self._module
+
+    def _module_start_media(self, c: cmd.StartMediaStream) -> None:
+        self._local.append(self._module_link().start_media())
+
+    def _module_stop_media(self, c: cmd.StopMediaStream) -> None:
+        self._module_link().stop_media(c.send_api)
+
+    def _module_connect(self, c: cmd.ConnectModel) -> None:
+        self._module_link().connect()
+
+    def _module_send(self, c: cmd.SendModel) -> None:
+        self._module_link().send(c.event)
+
+    def _module_close(self, c: cmd.CloseModel) -> None:
+        self._module_link().close()
+
+    def _module_uplink(self, c: cmd.SetUplink) -> None:
+        pass  # the module streams the caller from start to stop
+
     # --- release -----------------------------------------------------------------------------
 
     def _esl(self) -> EslSession:
@@ -298,6 +329,8 @@ class CallRunner:
             self._write_record(cmd.WriteRecord(record))
 
     def _release(self) -> None:
+        if self._module is not None:
+            self._module.release()
         self._stop_uplink()
         if self._tools is not None:
             self._tools.stop()
@@ -352,3 +385,14 @@ _PERFORMERS: dict[type, Callable[[CallRunner, Any], None]] = {
     cmd.WriteRecord: CallRunner._write_record,
     cmd.EndCall: CallRunner._end_call,
 }
+
+_MODULE_PERFORMERS: dict[type, Callable[[CallRunner, Any], None]] = {
+    **_PERFORMERS,
+    cmd.StartMediaStream: CallRunner._module_start_media,
+    cmd.StopMediaStream: CallRunner._module_stop_media,
+    cmd.ConnectModel: CallRunner._module_connect,
+    cmd.SendModel: CallRunner._module_send,
+    cmd.CloseModel: CallRunner._module_close,
+    cmd.SetUplink: CallRunner._module_uplink,
+}
+"""The same commands when FreeSWITCH's mod_openai_audio_stream holds the model socket."""
