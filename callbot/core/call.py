@@ -24,7 +24,7 @@ from .chunking import ChunkPolicy
 from .commands import (Command, CloseModel, ConnectModel, EndCall, EslExecute, EslHangup, SendModel, SetUplink,
                        StartMediaStream, StopMediaStream, WriteRecord)
 from .conversation import Conversation
-from .media_path import MODULE, media_path, new_playout
+from .media_path import MODULE, RELAY_STREAM, media_path, new_playout
 from .model_session import RESUME_INSTRUCTIONS, ModelSession, reseed_items
 from .routing import select_persona
 from .session_config import greeting_response, server_interrupts, session_update
@@ -159,8 +159,7 @@ class CallCore:
     def _new_conversation(self, persona: Persona, uuid: str, now: float) -> Conversation:
         fmt = self.config.realtime.audio_format
         downlink = Downlink(fmt, self.config.media.rate)
-        playout = new_playout(self.path, uuid, downlink.play_rate, self._chunk_policy,
-                              lambda item, t: self._add(t, "bot.first_chunk_sent", item_id=item))
+        playout = new_playout(self.path, uuid, downlink.play_rate, self._chunk_policy, self._first_chunk_sent)
         barge_in = BargeIn(persona.barge_in, persona.min_interrupt_ms, server_interrupts(persona))
         return Conversation(playout, downlink, barge_in, self.record, self.t0, self._on_model_fatal,
                             ToolCalls(persona), self._on_builtin)
@@ -181,7 +180,15 @@ class CallCore:
 
     def _on_execute_started(self, event: ev.ExecuteStarted, now: float) -> list[Command]:
         conv = self.conversation
-        item_id = conv.playout.on_execute_started(event.app_uuid, now) if conv is not None else None
+        return self._playing(conv.playout.on_execute_started(event.app_uuid, now) if conv else None, now)
+
+    def _first_chunk_sent(self, item_id: str, now: float) -> None:
+        self._add(now, "bot.first_chunk_sent", item_id=item_id)
+        if self.path == RELAY_STREAM:  # the module plays it as it arrives
+            self._playing(item_id, now)
+
+    def _playing(self, item_id: str | None, now: float) -> list[Command]:
+        """The caller starts hearing ``item_id`` (recorded once per item)."""
         if item_id is not None and item_id not in self._items_playing:
             self._items_playing.add(item_id)
             self._add(now, "bot.playback_started", item_id=item_id)
@@ -258,11 +265,7 @@ class CallCore:
     def _on_playout_started(self, event: ev.PlayoutStarted, now: float) -> list[Command]:
         if self.conversation is None or self.phase != ACTIVE:
             return []
-        item_id = self.conversation.playout.on_playout_started(now)
-        if item_id is not None and item_id not in self._items_playing:
-            self._items_playing.add(item_id)
-            self._add(now, "bot.playback_started", item_id=item_id)
-        return []
+        return self._playing(self.conversation.playout.on_playout_started(now), now)
 
     def _on_playout_stopped(self, event: ev.PlayoutStopped, now: float) -> list[Command]:
         if self.conversation is not None and self.phase == ACTIVE:

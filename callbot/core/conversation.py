@@ -33,6 +33,9 @@ class ResponseState:
 
     response_id: str
     first_delta_at: float | None = None
+    spoke: bool = False
+    """The response carries speech for the caller (an audio delta, or an assistant message where
+    the module plays the audio and callbot never sees it)."""
     cancelled: bool = False
 
 
@@ -177,8 +180,8 @@ class Conversation:
         if state is None or state.cancelled:
             return []  # late audio of a cancelled (or forgotten) response never reaches the caller
         item_id = data["item_id"]
-        if state is not None and state.first_delta_at is None:
-            state.first_delta_at = now
+        if state.first_delta_at is None:
+            state.first_delta_at, state.spoke = now, True
             self._add(now, "bot.first_audio", response_id=response_id, item_id=item_id)
         self._audio_item = item_id
         self._item_response[item_id] = response_id
@@ -233,6 +236,8 @@ class Conversation:
         state = self.responses.get(data.get("response_id", ""))
         if state is not None and state.cancelled:
             return []
+        if state is not None:
+            state.spoke = True
         return self.playout.begin_item(item["id"], now)
 
     def _on_response_done(self, data: Mapping[str, Any], now: float) -> list[Command]:
@@ -271,7 +276,7 @@ class Conversation:
             self._add(now, "tool.call", ok=False, **failure)
         if builtin is not None:
             output, ok = self._on_builtin(builtin, now)
-            spoke = state is not None and state.first_delta_at is not None
+            spoke = state is not None and state.spoke
             self.tools.resolve(builtin.call_id, output, ok, follow_up=not (ok and spoke and builtin.name == "end_call"))
             self._add(now, "tool.call", call_id=builtin.call_id, name=builtin.name, ok=ok,
                       arguments=dict(builtin.arguments), output=output[:500], duration_ms=0.0)
