@@ -10,11 +10,13 @@ metadata text, one binary frame of S16LE per ptime at the requested rate (what t
 other text -> ``mod_audio_stream::json``, binary from the server ignored, server close ->
 ``disconnect`` with the bug left attached, TCP drop or handshake failure -> ``error`` and teardown,
 ``stop [text]`` -> text, close 1000 "Normal closure", no event, temp files deleted.
+
+``FakeOptions.audio_stream_build = "full_duplex"`` installs the full-duplex build instead (voxcom-us
+fork, maintainer's v1.0.3): raw ``streamAudio`` is played by the module itself, with its hazards
+(:mod:`callbot.testing.fake_stream_playout`); everything else stays as above.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import os
@@ -31,8 +33,17 @@ from gevent.lock import Semaphore
 from gevent.queue import Empty, Full, Queue
 
 from callbot.testing import esl_wire as wire
+from callbot.testing.fake_audio_stream_args import separate_string, validate_ws_uri
 from callbot.testing.fake_channel import FakeChannel, FakeOptions
 from callbot.testing.fake_media import atoi
+from callbot.testing.fake_stream_playout import (
+    Rejected,
+    StreamAudio,
+    StreamPlayout,
+    coalesced,
+    parse_stream_audio,
+    stall_channel_hangup,
+)
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -46,79 +57,7 @@ USAGE = ("-USAGE: <uuid> [start | stop | send_text | pause | resume | graceful-s
          "[mono | mixed | stereo] [8000 | 16000] [metadata]\n")
 SEND_QUEUE_MAX = 1024
 """libwsc's send queue limit (messages); frames beyond it are dropped."""
-_RAW_EXT = {8000: ".r8", 16000: ".r16", 24000: ".r24", 32000: ".r32", 48000: ".r48", 64000: ".r64"}
-_TYPE_EXT = {"wav": ".wav", "mp3": ".mp3", "ogg": ".ogg", "pcmu": ".pcmu", "pcma": ".pcma"}
-_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "s": " ", "'": "'", '"': '"', "\\": "\\"}
 _ABNORMAL_EOF = "Connection closed without WebSocket CLOSE (abnormal EOF)"
-
-
-def separate_string(text: str, max_args: int) -> list[str]:
-    """FreeSWITCH's blank-delimited ``switch_separate_string``: single quotes group (and are removed),
-    backslash escapes, and the last slot takes the rest of the line."""
-    out: list[str] = []
-    i, n = 0, len(text)
-    while i < n and len(out) < max_args:
-        while i < n and text[i] == " ":
-            i += 1
-        start, quoted = i, False
-        if len(out) == max_args - 1:
-            i = n
-        while i < n and (quoted or text[i] != " "):
-            if text[i] == "\\":
-                i += 1
-            elif text[i] == "'":
-                quoted = not quoted
-            i += 1
-        out.append(_cleanup(text[start:i]))
-    return out
-
-
-def _cleanup(token: str) -> str:
-    out, quoted, i = [], False, 0
-    while i < len(token):
-        c = token[i]
-        if c == "\\" and token[i + 1:i + 2] in _ESCAPES:
-            i += 1
-            out.append(_ESCAPES[token[i]])
-        elif c == "'" and (quoted or "'" in token[i + 1:]):
-            quoted = not quoted
-        else:
-            out.append(c)
-        i += 1
-    return "".join(out).rstrip(" ")
-
-
-def validate_ws_uri(url: str) -> bool:
-    """``validate_ws_uri``: ws:// or wss://, host of [A-Za-z0-9.-], optional all-digit port before ``/``."""
-    for scheme in ("ws://", "wss://"):
-        if url.startswith(scheme):
-            rest = url[len(scheme):]
-            break
-    else:
-        return False
-    host_end = 0
-    while host_end < len(rest) and rest[host_end] not in ":/":
-        if not (rest[host_end].isascii() and (rest[host_end].isalnum() or rest[host_end] in "-.")):
-            return False
-        host_end += 1
-    if host_end == 0:
-        return False
-    if rest[host_end:host_end + 1] == ":":
-        port = rest[host_end + 1:].split("/", 1)[0]
-        return all(c.isascii() and c.isdigit() for c in port)
-    return True
-
-
-class _Rejected(ValueError):
-    """A ``streamAudio`` message the module refuses (it is forwarded as a ``json`` event)."""
-
-
-def _get_ci(obj: dict[str, Any], key: str) -> tuple[str | None, Any]:
-    """cJSON_GetObjectItem is case-insensitive on keys."""
-    for k, v in obj.items():
-        if k.lower() == key.lower():
-            return k, v
-    return None, None
 
 
 class StreamHost(Protocol):
@@ -147,13 +86,13 @@ class FakeAudioStream:
                  metadata: str | None) -> None:
         self.channel, self.url, self.mix, self.rate, self.metadata = channel, url, mix, rate, metadata
         self._host, self._opts = host, host.options
-        self.state = "connecting"  # -> open -> server_closed | failed | stopped
+        self.state = "connecting"  # -> open -> server_closed | failed | stopped | stuck (full duplex)
         self.connected, self.done = Event(), Event()
         self.files: list[str] = []
         self.frames_sent = self.frames_dropped = self.texts_received = self.binary_ignored = 0
         self.server_close: tuple[int, str] | None = None
         self.error: tuple[int, str] | None = None
-        self._frames: Queue[tuple[bytes, bytes | None] | None] = Queue(SEND_QUEUE_MAX)
+        self._frames: Queue[tuple[bytes, bytes | None] | str | None] = Queue(SEND_QUEUE_MAX)
         self._ws: websocket.WebSocket | None = None
         self._send_lock = Semaphore()
         self._closing = self._paused = False
@@ -164,6 +103,21 @@ class FakeAudioStream:
         channels = 2 if mix == "stereo" else 1
         self._chunk = 320 * rate // 8000 * channels * size // 20 if size >= 20 and size % 20 == 0 else 0
         self._pending = bytearray()
+        build = self._opts.audio_stream_build
+        if build not in ("community", "full_duplex"):
+            host.note("warning", f"unknown audio_stream_build {build!r}: community build used")
+        self.playout = StreamPlayout(channel.rate, self._opts.ptime_ms, host.note) if build == "full_duplex" else None
+        """The module's own playout (full-duplex build only)."""
+
+    @property
+    def queued_ms(self) -> int:
+        """Raw audio the server sent that the caller has not heard yet (0 on the community build)."""
+        return 0 if self.playout is None else self.playout.queued_ms
+
+    @property
+    def played_ms(self) -> int:
+        """Raw audio the module played to the caller (0 on the community build)."""
+        return 0 if self.playout is None else self.playout.played_ms
 
     # --- the media bug ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -171,8 +125,9 @@ class FakeAudioStream:
         self._greenlets.append(self._host.spawn(self._run))
 
     def replace_write(self, write: bytes | None) -> bytes | None:
-        """The community module has no write-replace: the channel plays what it plays."""
-        return write
+        """Community: no write-replace, the channel plays what it plays. Full duplex: the module's
+        write thread adds the injected audio."""
+        return write if self.playout is None else self.playout.replace_write(write)
 
     def on_frame(self, read: bytes, write: bytes | None) -> None:
         """Session thread, every frame: queue what the channel hears (libwsc queues while connecting)."""
@@ -186,18 +141,36 @@ class FakeAudioStream:
             self.frames_dropped += 1
 
     def on_channel_hangup(self) -> None:
-        """Hangup without stop: close 1000 "Normal closure", no event, temp files deleted."""
+        """Hangup without stop: close 1000 "Normal closure", no event, temp files deleted.
+        Full duplex with audio still being injected: blocks until the fake closes (hazard)."""
+        playout = self.playout
+        if playout is not None and playout.injecting:
+            stall_channel_hangup(self.channel)
+            return self._stuck(playout, "hazard.hangup_stuck", "hangup: no CHANNEL_HANGUP_COMPLETE")
         self._cleanup(None)
 
     def stop(self, text: str | None) -> None:
-        """``stop [text]``: detach, send ``text``, close 1000 "Normal closure", delete files. No event."""
+        """``stop [text]``: detach, send ``text``, close 1000 "Normal closure", delete files. No event.
+        Full duplex with audio still being injected: blocks until the fake closes (hazard)."""
         if self.channel.bug is self:
             self.channel.bug = None
+        playout = self.playout
+        if playout is not None and playout.injecting:
+            return self._stuck(playout, "hazard.stop_hang", "stop: no api reply, the WS is never closed")
         self._cleanup(text)
+
+    def _stuck(self, playout: StreamPlayout, kind: str, what: str) -> None:
+        """The module's thread joins a WebSocket thread stuck injecting for a write thread that is
+        gone: it never returns (until :meth:`abort`)."""
+        self.state = "stuck"
+        self._host.note(kind, f"{what} ({playout.queued_ms} ms of raw audio still queued)")
+        playout.hold()
 
     def abort(self) -> None:
         """Tear down at once (the fake is closing): no close handshake, files deleted."""
         self.state, self._closing = "stopped", True
+        if self.playout is not None:
+            self.playout.release()
         if self._ws is not None:
             self._ws.shutdown()
         for g in self._greenlets:
@@ -205,9 +178,18 @@ class FakeAudioStream:
         self._delete_files()
 
     def send_text(self, text: str) -> None:
-        if self.state == "open":
+        """Full duplex: while the WS thread injects, the text leaves with the next uplink bunch."""
+        if self.state != "open":
+            return
+        if self.playout is not None and self.playout.injecting:
+            try:
+                self._frames.put_nowait(text)
+            except Full:
+                self.frames_dropped += 1
+                return
+        else:
             self._send(text)
-            self._host.note("stream.text_out", text)
+        self._host.note("stream.text_out", text)
 
     def pause(self, paused: bool) -> None:
         """pause/resume: nothing is buffered while paused; the backlog is dropped."""
@@ -268,7 +250,7 @@ class FakeAudioStream:
                     item = self._frames.get(timeout=0.2)
                 except Empty:
                     break
-                if item is not None:
+                if isinstance(item, tuple):
                     self._send_frame(item)
         if self.metadata:
             self._send(self.metadata)
@@ -282,9 +264,27 @@ class FakeAudioStream:
     def _send_loop(self) -> None:
         while True:
             item = self._frames.get()
-            if item is None or self.state != "open":
-                return
+            if self.playout is None or not self.playout.injecting:
+                if not self._send_item(item):
+                    return
+                continue
+            self.playout.wait_boundary()  # the WS thread flushes its queue only between two injected messages
+            batch = [item]
+            while not self._frames.empty():
+                batch.append(self._frames.get_nowait())
+            with coalesced(self._ws):
+                if not all(self._send_item(queued) for queued in batch):
+                    return
+
+    def _send_item(self, item: tuple[bytes, bytes | None] | str | None) -> bool:
+        """Send one queued frame or text; False when the sender must end."""
+        if item is None or self.state != "open":
+            return False
+        if isinstance(item, str):
+            self._send(item)
+        else:
             self._send_frame(item)
+        return True
 
     def _send_frame(self, item: tuple[bytes, bytes | None]) -> None:
         read, write = item  # write is never None for mixed/stereo (see on_frame)
@@ -332,9 +332,9 @@ class FakeAudioStream:
                 try:
                     frame = ws.recv_frame()
                 except websocket.WebSocketProtocolException as exc:
-                    return self._fail(11, str(exc))
+                    return self._fail(11, str(exc)) if self._wait_ws_thread() else None
                 except (OSError, websocket.WebSocketException, EOFError):
-                    if not self._closing:
+                    if not self._closing and self._wait_ws_thread() and not self._closing:
                         self._fail(1, _ABNORMAL_EOF)
                     return
                 op = frame.opcode
@@ -345,11 +345,11 @@ class FakeAudioStream:
                         text_parts = []
                 elif op == websocket.ABNF.OPCODE_BINARY:
                     self.binary_ignored += 1  # libwsc has no binary callback on main: dropped
-                elif op == websocket.ABNF.OPCODE_PING:
+                elif op == websocket.ABNF.OPCODE_PING and self._wait_ws_thread():
                     with self._send_lock:
                         ws.pong(frame.data)
                 elif op == websocket.ABNF.OPCODE_CLOSE:
-                    return self._on_server_close(ws, frame.data)
+                    return self._on_server_close(ws, frame.data) if self._wait_ws_thread() else None
         finally:
             self.done.set()
 
@@ -378,61 +378,48 @@ class FakeAudioStream:
             ws.abort()
 
     # --- text from the server -----------------------------------------------------------------------
+    def _wait_ws_thread(self) -> bool:
+        """Full duplex: the next message is handled once the audio received before it has been
+        injected. False: the stream was torn down meanwhile (drop the message)."""
+        playout = self.playout
+        if playout is None:
+            return True
+        if playout.injecting:
+            self._host.note("stream.ws_busy", f"the next message waits behind {playout.queued_ms} ms of audio")
+            playout.wait_injected()
+        return not playout.released
+
     def _on_text(self, text: str) -> None:
+        """``processMessage``: a streamAudio becomes a temp file + ``play`` event (full duplex, raw:
+        injected, no event); another text, or a refused streamAudio, a ``json`` event."""
         self.texts_received += 1
         self._host.note("stream.text_in", text[:120])
         try:
-            body = self._process(text)
-        except _Rejected as exc:  # the module logs at ERR and forwards the original text as json
+            audio = parse_stream_audio(text)
+        except Rejected as exc:  # the module logs at ERR and forwards the original text as json
             log.error("fake mod_audio_stream: processMessage - %s", exc)
             self._host.note("stream.rejected", str(exc))
-            body = None
-        if body is None:
+            audio = None
+        if audio is not None and audio.kind == "raw" and self.playout is not None:
+            self.playout.inject(audio.payload, audio.rate)
+            return
+        if not self._wait_ws_thread():
+            return
+        if audio is None:
             self._emit("mod_audio_stream::json", text)
         else:
-            self._emit("mod_audio_stream::play", body)
+            self._emit("mod_audio_stream::play", self._write_file(audio))
 
-    def _process(self, text: str) -> str | None:
-        """``processMessage``: a valid streamAudio becomes a temp file and the play event body;
-        ``None`` for any other text; raises ``_Rejected`` for a streamAudio the module refuses."""
-        try:
-            root = json.loads(text)
-        except ValueError:
-            return None
-        if not isinstance(root, dict) or _get_ci(root, "type")[1] != "streamAudio":
-            return None
-        data = _get_ci(root, "data")[1]
-        if not isinstance(data, dict):
-            raise _Rejected("no data in streamAudio")
-        dtype = _get_ci(data, "audioDataType")[1]
-        audio_key, audio = _get_ci(data, "audioData")
-        if audio_key is None or not isinstance(audio, str):
-            raise _Rejected("streamAudio 'audioData' missing or not a string")
-        del data[audio_key]
-        if dtype == "raw":
-            rate = _get_ci(data, "sampleRate")[1]
-            rate = int(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool) else 0
-            if rate not in _RAW_EXT:
-                raise _Rejected(f"unsupported sample rate: {rate}")
-            ext = _RAW_EXT[rate]
-        elif isinstance(dtype, str) and dtype in _TYPE_EXT:
-            ext = _TYPE_EXT[dtype]
-        else:
-            raise _Rejected(f"unsupported audio type: {dtype}")
-        try:
-            pcm = base64.b64decode(audio.replace("-", "+").replace("_", "/") + "=" * (-len(audio) % 4),
-                                   validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise _Rejected(f"base64 decode error: {exc}")
-        path = os.path.join(self._host.tmp_dir, f"{self.channel.setup.uuid}_{self._next_file}.tmp{ext}")
+    def _write_file(self, audio: StreamAudio) -> str:
+        """The payload as ``<tmp>/<uuid>_<n>.tmp<ext>``; the ``play`` event body (``data`` + ``file``)."""
+        path = os.path.join(self._host.tmp_dir, f"{self.channel.setup.uuid}_{self._next_file}.tmp{audio.ext}")
         self._next_file += 1
         with open(path, "wb") as f:
-            f.write(pcm)
+            f.write(audio.payload)
         self.files.append(path)
         self._host.file_written(path)
-        self._host.note("file.write", f"{path} {len(pcm)} bytes")
-        data["file"] = path
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        self._host.note("file.write", f"{path} {len(audio.payload)} bytes")
+        return json.dumps({**audio.data, "file": path}, ensure_ascii=False, separators=(",", ":"))
 
     # --- teardown ---------------------------------------------------------------------------------
     def _emit(self, subclass: str, body: str) -> None:

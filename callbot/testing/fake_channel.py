@@ -596,6 +596,17 @@ class FakeChannel:
         if origin == "caller":
             self._flush()
 
+    def hangup_stalled(self) -> None:
+        """A media bug holds the hangup forever (the voxcom fork with raw audio queued): enter
+        CS_HANGUP (CHANNEL_STATE), flush this frame's events, and tell the listener the channel
+        is down (linger notice) unless already done; no CS_REPORTING / CHANNEL_HANGUP_COMPLETE follow."""
+        self._state = "CS_HANGUP"
+        self.emit(wire.channel_event("CHANNEL_STATE", self.snapshot(), self.stamp()))
+        self._flush()
+        if not self._early_down:
+            self._early_down = True
+            self._listener.channel_down()
+
     def _socket_app_returns(self) -> None:
         """The park loop ends (CHANNEL_UNPARK) and the socket application returns (its EXECUTE_COMPLETE)."""
         if not self._down and not self.routing.transferring:
