@@ -19,6 +19,13 @@ after hangup a lingering listener gets the events then the ``linger`` notice (be
 ``FakeOptions.linger_scale``) after the ``disconnect`` notice; without linger the notice and
 EOF follow CHANNEL_HANGUP_COMPLETE; an app that closes its socket does not hang the call up.
 
+Media modules: ``uuid_audio_stream`` (amigniter's mod_audio_stream, :mod:`callbot.testing.fake_audio_stream`)
+and ``uuid_openai_audio_stream`` (VoiSmart's mod_openai_audio_stream, which holds the model socket itself:
+:mod:`callbot.testing.fake_openai_module`). Every ``api`` command also fires an ``API`` event carrying its
+full argument (``event plain API`` or ``ALL`` listeners get it), and every event the fake fires is kept
+in ``FakeCall.fired_events``, so a test can check where a secret shows up. ``FakeFreeSwitch(global_vars=...)``
+are FreeSWITCH's global variables (``vars.xml``): the fallback of every variable lookup, in no event.
+
 Faults for robustness tests: ``call.drop_esl()`` (the ESL connection ends with no notice) and
 ``call.send_garbage(data)`` (raw bytes on the ESL socket; see the builders in ``esl_wire``), besides
 the media faults of ``FakeOptions`` (``handshake_delay_s``, ``drop_stream_at_s``).
@@ -61,12 +68,14 @@ from callbot.testing.fake_channel import (
     switch_true,
 )
 from callbot.testing.fake_media import CallerAudio
+from callbot.testing.fake_openai_module import FakeOpenAIStream, openai_stream_api
 
 __all__ = ["CallerAudio", "FakeCall", "FakeFreeSwitch", "FakeOptions", "TimelineEntry"]
 
 log = logging.getLogger(__name__)
 
 TIMELINE_MAX = 100_000
+FIRED_EVENTS_MAX = 20_000
 MAX_COMMAND_BYTES = 1 << 20
 SOCKET_TIMEOUT_S = 10.0
 """A write to the app that takes longer than this counts as a dead app."""
@@ -261,11 +270,13 @@ class _EslLink:
             return self._reply("+OK bye")
         if name == "api":
             api, _, arg = cmd[4:].strip().partition(" ")
-            return wire.api_response(self._call.api(api, arg.strip()) or "-ERR no reply\n")
+            reply = wire.api_response(self._call.api(api, arg.strip()) or "-ERR no reply\n")
+            self._call.fire_api_event(api, arg.strip())
+            return reply
         if name == "sendmsg":
             return self._reply(self._sendmsg(cmd[7:].strip(), headers, body))
         if name == "getvar":
-            return self._reply(ch.get_var(cmd[7:].strip()) or "")
+            return self._reply(self._call.get_var(cmd[7:].strip()) or "")
         return self._reply(self._listener_command(name, cmd))
 
     def _reply(self, text: str) -> bytes:
@@ -335,10 +346,28 @@ class _EslLink:
         return "+OK" if ch.queue_message(msg) else "-ERR memory error"
 
 
+def api_event(ch: wire.ChannelVars, stamp: wire.EventStamp, command: str, argument: str) -> wire.EventMessage:
+    """The API event ``switch_api_execute`` fires: the core header block (no channel data: ESL runs
+    ``api`` without a session), then ``API-Command`` and, when not empty, ``API-Command-Argument``."""
+    head: list[wire.Header] = []
+    for name, value in wire.channel_event("API", ch, stamp).headers:
+        head.append((name, value))
+        if name == "Event-Sequence":
+            break
+    fixed = {"Event-Calling-File": "switch_loadable_module.c", "Event-Calling-Function": "switch_api_execute",
+             "Event-Calling-Line-Number": "3140"}
+    head = [(name, fixed.get(name, value)) for name, value in head]
+    head.append(("API-Command", command))
+    if argument:
+        head.append(("API-Command-Argument", argument))
+    return wire.EventMessage("API", "", tuple(head), None)
+
+
 def _describe(event: wire.EventMessage) -> str:
     """A one-line summary of an event for the timeline."""
     if event.subclass:
-        return f"CUSTOM {event.subclass} {event.body or ''}"
+        body = event.body or ""
+        return f"CUSTOM {event.subclass} {body if len(body) <= 300 else body[:300] + '...'}"
     fields = dict(event.headers)
     keys = ["Application", "Application-Response", "Application-UUID", "DTMF-Digit"]
     if event.name.startswith("CHANNEL_HANGUP"):
@@ -354,9 +383,18 @@ class FakeCall:
     def __init__(self, fs: FakeFreeSwitch, setup: ChannelSetup, variables: dict[str, str],
                  caller_audio: CallerAudio | None) -> None:
         self.options, self.tmp_dir = fs.options, fs.tmp_dir
+        self.global_vars = fs.global_vars
         self.commands: list[str] = []
         self.files_written: list[str] = []
+        self.fired_events: list[wire.EventMessage] = []
+        """Every event FreeSWITCH fired for this call, delivered to the app or not, in order (the
+        first ``FIRED_EVENTS_MAX``): ``name``, ``subclass``, ``headers`` (ordered pairs, values not
+        URL-encoded), ``body``. The ``API`` events of the app's ``api`` commands are included."""
         self.stream: FakeAudioStream | None = None
+        self.openai_stream: FakeOpenAIStream | None = None
+        """The last ``uuid_openai_audio_stream`` bug started on this call."""
+        self._openai_streams: list[FakeOpenAIStream] = []
+        self._core_seq = fs.next_seq
         self.streaming = Event()
         self._notes: list[tuple[float, str, str]] = []
         self._group = Group()
@@ -378,7 +416,19 @@ class FakeCall:
 
     # --- ChannelListener (the channel talks to the ESL link through the call) --------------------
     def deliver(self, events: Sequence[wire.EventMessage]) -> None:
+        room = FIRED_EVENTS_MAX - len(self.fired_events)
+        if room > 0:
+            self.fired_events.extend(events[:room])
         self._link.deliver(events)
+
+    def fire_api_event(self, command: str, argument: str) -> None:
+        """``switch_api_execute`` fires API (API-Command, API-Command-Argument) after every ``api``."""
+        ch = self.channel.snapshot()
+        self.deliver([api_event(ch, wire.now_stamp(self._core_seq()), command, argument)])
+
+    def get_var(self, name: str) -> str | None:
+        """``switch_channel_get_variable``: the channel's variable, else FreeSWITCH's global one."""
+        return self.channel.get_var(name) or self.global_vars.get(name)
 
     def channel_down(self) -> None:
         self._link.channel_down()
@@ -394,7 +444,7 @@ class FakeCall:
     def file_written(self, path: str) -> None:
         self.files_written.append(path)
 
-    def stream_connected(self, stream: FakeAudioStream) -> None:
+    def stream_connected(self, stream: FakeAudioStream | FakeOpenAIStream) -> None:
         self.streaming.set()
 
     # --- what the test sees and does --------------------------------------------------------------
@@ -432,6 +482,12 @@ class FakeCall:
         ``hangup`` (cause and origin) / ``caller.hangup`` / ``uuid_kill`` / ``socket.gone``; ``dtmf``;
         ``stream.open`` / ``stream.text_in`` / ``stream.text_out`` / ``stream.rejected`` / ``stream.error`` /
         ``stream.closed_by_server`` / ``stream.drop`` / ``stream.closed``; ``file.write`` / ``file.delete``;
+        mod_openai_audio_stream: ``vsm.start`` / ``vsm.connect`` (n-th connection) / ``vsm.error`` /
+        ``vsm.disconnect`` (code reason) / ``vsm.stop`` / ``vsm.hangup`` / ``vsm.failed`` / ``vsm.closed``;
+        ``vsm.send_json`` (type, size, discarded?) / ``vsm.event`` (type of each model event but deltas) /
+        ``vsm.play`` (ms of each delta) / ``vsm.speech_start`` / ``vsm.speech_stop`` / ``vsm.flush`` (ms
+        of model audio dropped by ``speech_started``) / ``vsm.pause`` / ``vsm.resume`` / ``vsm.mute`` /
+        ``vsm.unmute`` (target);
         ``esl.dropped`` / ``esl.garbage`` (faults injected with :meth:`drop_esl` / :meth:`send_garbage`);
         ``transfer`` (dialplan, context, extension) / ``transfer.target`` (the channel left the socket
         app for it); ``bridge.originate`` / ``bridge.failed`` / ``bridge.start`` / ``bridge.end`` (who
@@ -445,7 +501,8 @@ class FakeCall:
         return bool(self.channel.answered.wait(timeout))
 
     def wait_streaming(self, timeout: float) -> bool:
-        """True once a mod_audio_stream WebSocket has opened (metadata sent, connect event fired)."""
+        """True once a mod_audio_stream (metadata sent, connect event fired) or mod_openai_audio_stream
+        (connect event fired) WebSocket has opened."""
         return bool(self.streaming.wait(timeout))
 
     def wait_ended(self, timeout: float) -> bool:
@@ -498,6 +555,13 @@ class FakeCall:
                 self.stream = result
                 return "+OK Success\n"
             return result
+        if name == "uuid_openai_audio_stream":
+            started = openai_stream_api(arg, ch, self)
+            if isinstance(started, FakeOpenAIStream):
+                self.openai_stream = started
+                self._openai_streams.append(started)
+                return "+OK Success\n"
+            return started
         if name not in ("uuid_break", "uuid_kill", "uuid_getvar", "uuid_setvar", "uuid_exists"):
             return f"-ERR {name} Command not found!\n"
         if name == "uuid_exists":
@@ -513,7 +577,7 @@ class FakeCall:
         elif name == "uuid_getvar":
             if len(argv) < 2:
                 return "-ERR No variable name specified!\n"
-            return ch.get_var(argv[1]) or "_undef_"
+            return self.get_var(argv[1]) or "_undef_"
         else:
             if len(argv) < 2:
                 return "-ERR No variable specified\n"
@@ -526,9 +590,11 @@ class FakeCall:
         return len(self._group)
 
     def close(self) -> None:
-        """Kill everything this call started (greenlets, the ESL socket, the stream's socket)."""
+        """Kill everything this call started (greenlets, the ESL socket, the streams' sockets)."""
         if self.stream is not None:
             self.stream.abort()
+        for stream in self._openai_streams:
+            stream.abort()
         self._link._shutdown()
         self._group.kill(block=True, timeout=2.0)
 
@@ -537,8 +603,12 @@ class FakeFreeSwitch:
     """Places calls into callbot's outbound ESL server, one :class:`FakeCall` each."""
 
     def __init__(self, esl_address: tuple[str, int], *, tmp_dir: str | None = None, channel_rate: int = 8000,
-                 options: FakeOptions | None = None) -> None:
+                 options: FakeOptions | None = None, global_vars: dict[str, str] | None = None) -> None:
+        """``global_vars``: FreeSWITCH's global variables (``vars.xml``), the last place a channel
+        variable lookup goes (``uuid_getvar``, ``getvar``, the modules' settings such as
+        ``STREAM_OPENAI_API_KEY``); they appear in no event."""
         self.esl_address = esl_address
+        self.global_vars: dict[str, str] = dict(global_vars or {})
         self.channel_rate = channel_rate
         self.options = options or FakeOptions()
         self._own_tmp = tmp_dir is None
