@@ -1,7 +1,10 @@
 """``callbot demo``: one call through callbot's real server, with no FreeSWITCH and no API key.
 
-The fake FreeSWITCH (with mod_audio_stream) places a call; the fake Realtime model greets, answers
-the caller, and gets interrupted (barge-in) during a long answer. Prints a timeline with the
+The fake FreeSWITCH places a call; the fake Realtime model greets, answers the caller, and gets
+interrupted (barge-in) during a long answer. ``--module`` picks what the fake FreeSWITCH has
+installed: ``audio_stream`` (community mod_audio_stream: callbot relays audio and plays files),
+``audio_stream_full_duplex`` (a build that plays raw streamAudio itself: callbot paces it) or
+``openai_audio_stream`` (VoiSmart's module holds the model socket: callbot is the control plane). Prints a timeline with the
 latencies callbot adds, and writes what the caller heard to a WAV file. Reads nothing outside
 the package: the caller's voice is synthesized.
 """
@@ -24,6 +27,9 @@ ANSWER = ("Order 4 2 7 9 1 shipped yesterday from our warehouse in Leeds. It is 
           "with a tracking link as soon as the driver is on the way, and you can change the delivery "
           "slot from that message if Thursday does not suit you.")
 CHECKING = "Let me check that for you."
+MODULES = {"audio_stream": ("relay_file", "mod_audio_stream, files played over ESL"),
+           "audio_stream_full_duplex": ("relay_stream", "a full-duplex mod_audio_stream build, raw streamAudio"),
+           "openai_audio_stream": ("module", "mod_openai_audio_stream holding the model socket")}
 GOODBYE = "Of course. A colleague will call you back today. Thank you for calling Acme, goodbye!"
 
 
@@ -48,14 +54,16 @@ def main(args: argparse.Namespace | None = None) -> int:
     """Run the demo call; 0 on success, 2 for an unsupported option."""
     out = getattr(args, "out", None) or "callbot-demo.wav"
     module = getattr(args, "module", None) or "audio_stream"
-    if module != "audio_stream":
-        print(f"callbot demo: --module {module} is not available yet; use audio_stream")
+    if module not in MODULES:
+        print(f"callbot demo: unknown --module {module}; choose one of: {', '.join(MODULES)}")
         return 2
+    path, label = MODULES[module]
     logging.getLogger().setLevel(logging.WARNING)
-    print("callbot demo: callbot's real server between a fake FreeSWITCH (mod_audio_stream) and a fake "
+    print(f"callbot demo: callbot's real server between a fake FreeSWITCH ({label}) and a fake "
           "OpenAI Realtime model, all on 127.0.0.1.\n")
     options = {"ttfb_s": 0.35, "speed": 3.0}
-    with CallbotHarness(script=_script(), realtime_options=options, channel_rate=CHANNEL_RATE) as harness:
+    with CallbotHarness(script=_script(), realtime_options=options, channel_rate=CHANNEL_RATE,
+                        media_path=path) as harness:
         call = harness.place_call(destination="9999", caller="+15551230000", caller_audio=_caller())
         record = harness.wait_record(call, timeout=40)
         call.wait_ended(5)
@@ -71,7 +79,7 @@ def main(args: argparse.Namespace | None = None) -> int:
 
 _LABELS = {
     "call.started": "FreeSWITCH connected ({channel}, answered={answered})",
-    "model.connected": "model session open (in parallel with the answer)",
+    "model.connected": "model session open",
     "greeting.requested": "greeting requested (session.update + response.create)",
     "call.answered": "call answered",
     "media.connected": "mod_audio_stream connected to the media endpoint",
@@ -80,7 +88,7 @@ _LABELS = {
     "bot.playback_started": "caller starts hearing the bot",
     "caller.speech_started": "caller starts speaking (model VAD)",
     "caller.speech_stopped": "caller stops speaking",
-    "barge_in": "BARGE-IN: uuid_break + truncate at {heard_ms} ms heard + cancel={cancel_sent}",
+    "barge_in": "BARGE-IN: bot silenced + truncate at {heard_ms} ms heard + cancel={cancel_sent}",
     "tool.call": "tool {name}: ok={ok} in {duration_ms} ms -> {output}",
     "call.ending": "callbot ends the call: {reason} ({side})",
     "response.done": "response done: {status} {reason}",
@@ -109,15 +117,20 @@ def print_latencies(record: CallRecord, model_ttfb_s: float) -> None:
 
     print("\nlatencies")
     first_audio, first_chunk, heard = t("bot.first_audio"), t("bot.first_chunk_sent"), t("bot.playback_started")
+    if first_audio is None and heard is not None:  # the module path: callbot never sees the audio
+        print(f"  connect -> caller hears the greeting  {heard * 1000:6.0f} ms  "
+              f"(model's own time to first audio: {model_ttfb_s * 1000:.0f} ms; FreeSWITCH plays it)")
     if None not in (first_audio, first_chunk, heard):
         print(f"  connect -> greeting audio sent        {first_chunk * 1000:6.0f} ms  "
               f"(model's own time to first audio: {model_ttfb_s * 1000:.0f} ms)")
         print(f"  model first audio -> chunk sent       {(first_chunk - first_audio) * 1000:6.0f} ms  "
-              f"(first chunk = 200 ms of audio)")
+              f"(the first chunk: 200 ms of audio on files, 100 ms on a stream)")
         print(f"  connect -> caller hears the greeting  {heard * 1000:6.0f} ms")
     stopped = t("caller.speech_stopped")
     if stopped is not None:
         reply, reply_heard = t("bot.first_audio", stopped), t("bot.playback_started", stopped)
+        if reply is None and reply_heard is not None:
+            print(f"  caller stops -> caller hears the bot  {(reply_heard - stopped) * 1000:6.0f} ms")
         if reply is not None and reply_heard is not None:
             print(f"  caller stops -> caller hears the bot  {(reply_heard - stopped) * 1000:6.0f} ms  "
                   f"(model: {(reply - stopped) * 1000:.0f} ms of it)")

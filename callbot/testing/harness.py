@@ -7,7 +7,12 @@ For end-to-end tests, the demo, and users' own persona tests::
         record = h.wait_record(call, timeout=20)
 
 Everything binds port 0 on 127.0.0.1. The API key is a fake one, passed through an environment
-variable exactly as in production (``realtime.api_key_env``). Leaving the ``with`` block stops
+variable exactly as in production (``realtime.api_key_env``), or, on the ``module`` media path, as
+FreeSWITCH's global ``STREAM_OPENAI_API_KEY`` (what the README recommends).
+
+``media_path`` picks what FreeSWITCH has installed and how callbot drives it:
+``relay_file`` (community mod_audio_stream), ``relay_stream`` (a full-duplex mod_audio_stream
+build, ``media.playback: stream``) or ``module`` (VoiSmart's mod_openai_audio_stream). Leaving the ``with`` block stops
 the server (draining calls), both fakes, and removes every temporary file.
 """
 from __future__ import annotations
@@ -34,6 +39,9 @@ from .fake_realtime import FakeRealtime
 from .realtime_schema import schema_available
 from .realtime_script import RealtimeScript
 
+MEDIA_PATHS = ("relay_file", "relay_stream", "module")
+"""Every media path callbot supports (see :mod:`callbot.core.media_path`)."""
+
 DEFAULT_PERSONA: dict[str, Any] = {
     "name": "ava",
     "voice": "marin",
@@ -57,13 +65,23 @@ class CallbotHarness:
     def __init__(self, *, personas: Mapping[str, Mapping[str, Any]] | None = None, default: str | None = None,
                  script: RealtimeScript | None = None, media_rate: int = 16000, audio_format: str = "pcm16",
                  channel_rate: int = 8000, fs_options: FakeOptions | None = None,
-                 realtime_options: Mapping[str, Any] | None = None, settings: Mapping[str, Any] | None = None) -> None:
+                 realtime_options: Mapping[str, Any] | None = None, settings: Mapping[str, Any] | None = None,
+                 media_path: str = "relay_file") -> None:
+        if media_path not in MEDIA_PATHS:
+            raise ValueError(f"media_path must be one of {MEDIA_PATHS}, not {media_path!r}")
+        self.media_path = media_path
         self._dir = Path(tempfile.mkdtemp(prefix="callbot-harness-"))
         self._key_env = f"CALLBOT_HARNESS_KEY_{secrets.token_hex(4).upper()}"
         self.api_key = "sk-harness-" + secrets.token_hex(8)
         personas = dict(personas or {"ava": DEFAULT_PERSONA})
+        settings = {k: dict(v) for k, v in (settings or {}).items()}
+        if media_path == "module":
+            settings.setdefault("media", {}).setdefault("module", "openai_audio_stream")
+        elif media_path == "relay_stream":
+            settings.setdefault("media", {}).setdefault("playback", "stream")
+            fs_options = dataclasses.replace(fs_options or FakeOptions(), audio_stream_build="full_duplex")
         self._config_path = self._write_config(personas, default or next(iter(personas)), media_rate,
-                                               audio_format, settings or {})
+                                               audio_format, settings)
         options = {"strict": schema_available(), **dict(realtime_options or {})}
         self.realtime = FakeRealtime(script, api_key=self.api_key, **options)
         self._fs_options = fs_options
@@ -98,8 +116,9 @@ class CallbotHarness:
         self.server = CallbotServer(self.config)
         self.server.keep_finished_calls()
         self.server.start()
+        global_vars = {"STREAM_OPENAI_API_KEY": self.api_key} if self.media_path == "module" else {}
         self.freeswitch = FakeFreeSwitch(self.server.esl_address, channel_rate=self._channel_rate,
-                                         options=self._fs_options)
+                                         options=self._fs_options, global_vars=global_vars)
 
     def stop(self) -> None:
         if self.freeswitch is not None:
