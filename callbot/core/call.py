@@ -265,6 +265,7 @@ class CallCore:
     def _on_playout_started(self, event: ev.PlayoutStarted, now: float) -> list[Command]:
         if self.conversation is None or self.phase != ACTIVE:
             return []
+        self.model.on_event(now)  # the module plays what the model sent: the session is delivering
         return self._playing(self.conversation.playout.on_playout_started(now), now)
 
     def _on_playout_stopped(self, event: ev.PlayoutStopped, now: float) -> list[Command]:
