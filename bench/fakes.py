@@ -178,21 +178,10 @@ class BenchRealtime(FakeRealtime):
         super().__init__(*args, **kwargs)
         self._model_format = model_format
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        ws = environ.get("wsgi.websocket")
-        if ws is None:
-            return super().__call__(environ, start_response)
-        from urllib.parse import parse_qs
-
-        index = len(self._sessions.items)
-        query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
-        options = SessionOptions(strict=self._strict, pacing=self._pacing, vad=self._vad)
-        session = BenchSession(index, ws, environ, self._script_for(index), options, query, self._bug,
-                               decoder=AppendDecoder(self._model_format))
-        self._by_log[index] = session
-        self._sessions.append({"index": index})
-        session.serve()
-        return []
+    def _new_session(self, index: int, ws: Any, environ: dict[str, Any], options: SessionOptions,
+                     query: dict[str, str]) -> FakeSession:
+        return BenchSession(index, ws, environ, self._script_for(index), options, query, self._bug,
+                            decoder=AppendDecoder(self._model_format))
 
     def session(self, index: int) -> BenchSession:
         """The ``index``-th session (already accepted)."""

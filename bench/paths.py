@@ -41,10 +41,8 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable, Iterable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, NamedTuple, Self  # noqa: E402
-from urllib.parse import parse_qs  # noqa: E402
 
 import gevent  # noqa: E402
 import yaml  # noqa: E402
@@ -150,20 +148,11 @@ class _StampedSession(FakeSession):
 
 
 class _StampedRealtime(FakeRealtime):
-    """:class:`FakeRealtime` serving :class:`_StampedSession` s (mirrors ``FakeRealtime.__call__``)."""
+    """:class:`FakeRealtime` serving :class:`_StampedSession` s."""
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        ws = environ.get("wsgi.websocket")
-        if ws is None:
-            return super().__call__(environ, start_response)
-        index = len(self._sessions.items)
-        query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
-        options = SessionOptions(strict=self._strict, pacing=self._pacing, vad=self._vad)
-        session = _StampedSession(index, ws, environ, self._script_for(index), options, query, self._bug)
-        self._by_log[index] = session
-        self._sessions.append({"index": index})
-        session.serve()
-        return []
+    def _new_session(self, index: int, ws: Any, environ: dict[str, Any], options: SessionOptions,
+                     query: dict[str, str]) -> FakeSession:
+        return _StampedSession(index, ws, environ, self._script_for(index), options, query, self._bug)
 
 
 class _Rig:

@@ -176,7 +176,7 @@ class CallCore:
             return []
         self._media_started = True
         cmds: list[Command] = [StartMediaStream(self.config.media.rate)]
-        return cmds + [ConnectModel()] if self.path == MODULE else cmds
+        return (cmds + [ConnectModel()]) if self.path == MODULE else cmds
 
     def _on_execute_started(self, event: ev.ExecuteStarted, now: float) -> list[Command]:
         conv = self.conversation

@@ -253,11 +253,16 @@ class FakeRealtime:
         query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
         options = SessionOptions(strict=self._strict, pacing=self._pacing, vad=self._vad,
                                  stall_after_ms=self.faults.stall_after_ms, session_max_s=self.faults.session_max_s)
-        session = FakeSession(index, ws, environ, self._script_for(index), options, query, self._bug)
+        session = self._new_session(index, ws, environ, options, query)
         self._by_log[index] = session
         self._sessions.append({"index": index})
         session.serve()
         return []
+
+    def _new_session(self, index: int, ws: Any, environ: dict[str, Any], options: SessionOptions,
+                     query: dict[str, str]) -> FakeSession:
+        """The session object serving connection ``index`` (a subclass may serve its own kind)."""
+        return FakeSession(index, ws, environ, self._script_for(index), options, query, self._bug)
 
     def _script_for(self, index: int) -> RealtimeScript:
         if self._script is None:
